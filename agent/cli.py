@@ -1,0 +1,177 @@
+"""The ``nectar`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from agent.cli_args import add_dataclass_options, dataclass_from_args
+
+DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
+
+
+def _ready(enabled: bool, info: dict) -> None:
+    if enabled:
+        print("READY " + json.dumps(info), flush=True)
+
+
+def cmd_dht(args: argparse.Namespace) -> int:
+    from agent.dht_node import run_dht_node
+
+    def on_ready(maddrs: list[str]) -> None:
+        print("DHT node is running. Join it with:", file=sys.stderr)
+        print("  --initial-peers " + " ".join(maddrs), file=sys.stderr, flush=True)
+        _ready(args.ready_json, {"maddrs": maddrs})
+
+    asyncio.run(run_dht_node(args.host, args.port, args.initial_peers, args.identity_path, on_ready))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.server.server import ServerSettings, run_server
+
+    settings = dataclass_from_args(ServerSettings, args)
+
+    def on_ready(info: dict) -> None:
+        print(f"serving blocks {info['blocks'][0]}:{info['blocks'][1]} as {info['peer_id']}", file=sys.stderr)
+        print("  peers can join with --initial-peers " + " ".join(info["maddrs"]), file=sys.stderr, flush=True)
+        _ready(args.ready_json, info)
+
+    asyncio.run(run_server(settings, on_ready))
+    return 0
+
+
+def _generation_settings(args: argparse.Namespace):
+    from engine.client.generation import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=not args.greedy and args.temperature != 0,
+        temperature=args.temperature or 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop_strings=tuple(args.stop),
+        seed=args.seed,
+    )
+
+
+def stream_answer(model_name: str, initial_peers: list[str], prompt: str, args: argparse.Namespace, prefix=None):
+    """Generate through the swarm and print the text as it comes; returns the result."""
+    from engine.client.generation import chat_prompt, generate
+    from engine.client.model import DistributedCausalLM
+
+    settings = _generation_settings(args)
+    settings.validate()
+    model = DistributedCausalLM.connect(model_name, initial_peers, prefix)
+    try:
+        tokenizer = model.source.tokenizer()
+        input_ids = chat_prompt(tokenizer, prompt) if args.chat else list(tokenizer(prompt)["input_ids"])
+        result = generate(model, input_ids, settings, tokenizer, on_text=lambda text: print(text, end="", flush=True))
+        print(flush=True)
+        return result
+    finally:
+        model.close()
+
+
+def _print_stats(result) -> None:
+    print(
+        f"route: {' -> '.join(result.route)}\n"
+        f"{len(result.tokens)} tokens, {result.tokens_per_second:.1f} tokens/s, "
+        f"first token after {result.time_to_first_token:.2f} s, stopped by {result.stop_reason}",
+        file=sys.stderr,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    result = stream_answer(args.model, args.initial_peers, args.prompt, args, args.dht_prefix)
+    _print_stats(result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.local_swarm import LocalSwarm, even_spans
+    from engine.weights import DEFAULT_MODEL, resolve_model
+
+    print(f"preparing {DEFAULT_MODEL} (converted once, then cached)...", file=sys.stderr, flush=True)
+    source = resolve_model(DEFAULT_MODEL)  # convert before the servers start, so they do not all do it
+    spans = even_spans(source.config.num_hidden_layers, args.servers)
+    print(f"starting a local swarm: a DHT node and {args.servers} servers for blocks {spans}", file=sys.stderr)
+    with LocalSwarm(DEFAULT_MODEL, spans) as swarm:
+        print(f"prompt: {args.prompt}", file=sys.stderr, flush=True)
+        result = stream_answer(DEFAULT_MODEL, swarm.initial_peers, args.prompt, args)
+        _print_stats(result)
+    print("local swarm stopped", file=sys.stderr)
+    return 0
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--stop", nargs="*", default=[], help="stop strings")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-chat", dest="chat", action="store_false", help="send the prompt as raw text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.server.server import ServerSettings
+
+    parser = argparse.ArgumentParser(prog="nectar", description="Serve, use and fine-tune an LLM over a swarm.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dht = commands.add_parser("dht", help="start a bootstrap DHT node and print its address")
+    dht.add_argument("--host", default="127.0.0.1")
+    dht.add_argument("--port", type=int, default=0)
+    dht.add_argument("--initial-peers", nargs="*", default=[])
+    dht.add_argument("--identity-path", default=None)
+    dht.set_defaults(run=cmd_dht)
+
+    serve = commands.add_parser("serve", help="serve a span of a model's blocks")
+    serve.add_argument("model")
+    add_dataclass_options(serve, ServerSettings, skip=("model",))
+    serve.set_defaults(run=cmd_serve)
+
+    gen = commands.add_parser("generate", help="generate text through a swarm")
+    gen.add_argument("model")
+    gen.add_argument("--initial-peers", nargs="+", required=True)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--dht-prefix", default=None)
+    _add_generation_options(gen)
+    gen.set_defaults(run=cmd_generate)
+
+    demo = commands.add_parser("demo", help="start a local swarm of the embedded model and chat through it")
+    demo.add_argument("--prompt", default=DEMO_PROMPT)
+    demo.add_argument("--servers", type=int, default=2, choices=(2, 3))
+    _add_generation_options(demo)
+    demo.set_defaults(run=cmd_demo, greedy=True)
+
+    for sub in (dht, serve):
+        sub.add_argument("--ready-json", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command in ("dht", "serve") else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from engine.errors import USER_ERRORS
+
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        print(f"nectar: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,15 @@
+"""The distributed model: servers that hold spans of transformer blocks and clients that run through them.
+
+Map of the package:
+- ``models/``: one module per model family behind a registry (``models.get_family``); ``models/span.py`` runs a
+  span of decoder layers with a per-session attention cache.
+- ``weights.py``: finds a model (directory, Hugging Face cache, GGUF file, alias) and reads only the tensors asked for.
+- ``gguf_cache.py``: converts a GGUF file once into a cached safetensors directory.
+- ``records.py``: the DHT record that a server announces for each block, and reading the swarm's coverage.
+- ``wire.py``: the RPC message format (tensors plus msgpack metadata) and the errors that cross the wire.
+- ``server/``: a server process (block backend, cache budget, RPC handler, announcer).
+- ``client/``: routing, inference sessions, remote forward/backward, the distributed causal LM and generation.
+- ``balance/``: block selection as pure functions and the swarm simulator.
+
+The engine never imports ``agent`` or ``gui``.
+"""

@@ -1,0 +1,74 @@
+"""The distributed causal LM: embeddings, final norm and LM head run locally; every block runs in the swarm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.client.remote import RemoteBlocks
+from engine.client.session import InferenceSession
+from engine.client.swarm import SwarmConnection
+from engine.models import get_family
+from engine.records import default_dht_prefix
+from engine.weights import ModelSource, resolve_model
+
+
+class DistributedCausalLM(nn.Module):
+    """A causal LM whose blocks live on servers; it loads only the embeddings, final norm and LM head.
+
+    ``forward`` goes through the swarm's forward/backward RPCs (training, scoring); generation uses
+    ``inference_session``, which keeps attention caches on the servers.
+    """
+
+    def __init__(self, source: ModelSource, swarm: SwarmConnection, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        config = source.config
+        family = get_family(config)
+        self.config, self.family, self.swarm = config, family, swarm
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens.load_state_dict({"weight": source.read([family.embed_weight], dtype)[family.embed_weight]})
+        self.norm = family.make_norm(config).to(dtype)
+        self.norm.load_state_dict(source.read_prefix(family.norm_prefix, dtype))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        if config.tie_word_embeddings or not source.has_tensor(family.head_weight):
+            self.lm_head.weight = self.embed_tokens.weight
+        else:
+            self.lm_head.load_state_dict({"weight": source.read([family.head_weight], dtype)[family.head_weight]})
+        self.requires_grad_(False)  # the model's own weights stay frozen; fine-tuning adds its own parameters
+        self.blocks = RemoteBlocks(swarm, config.num_hidden_layers)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_hidden_layers
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden))
+
+    def forward(self, input_ids: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, tokens, vocab) for full sequences, with gradients through the swarm."""
+        return self.logits(self.blocks(self.embed(input_ids), prompts))
+
+    def inference_session(self, max_length: int, batch_size: int = 1, step_timeout: float = 60.0) -> InferenceSession:
+        return InferenceSession(self.swarm, self.num_blocks, max_length, batch_size, step_timeout)
+
+    def close(self) -> None:
+        """Leave the swarm (stops the client's P2P daemon and DHT node)."""
+        self.swarm.close()
+
+    @classmethod
+    def connect(
+        cls, model: str, initial_peers: list[str], dht_prefix: str | None = None, dtype: torch.dtype = torch.float32
+    ) -> DistributedCausalLM:
+        """Resolve ``model`` locally (for its head and tokenizer) and join the swarm that serves its blocks."""
+        source = resolve_model(model)
+        swarm = SwarmConnection(initial_peers, dht_prefix or default_dht_prefix(model))
+        try:
+            instance = cls(source, swarm, dtype)
+        except BaseException:
+            swarm.close()
+            raise
+        instance.source = source
+        return instance

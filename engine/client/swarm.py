@@ -1,0 +1,75 @@
+"""A client's connection to the swarm: a P2P peer and a client-mode DHT node on their own event loop thread.
+
+The caller's thread (a CLI, a training loop, a GUI worker) never runs the network itself: it hands
+coroutines to this loop and waits for them, with a timeout where one makes sense.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from hivemind.dht.node import DHTNode
+from hivemind.p2p import P2P
+
+from engine import records
+from engine.records import ServerRecord
+from engine.wire import MAX_MESSAGE_BYTES
+
+T = TypeVar("T")
+
+
+class SwarmConnection:
+    """Owns the background loop, the P2P daemon and the DHT node; close it (or use ``with``) to stop them."""
+
+    def __init__(self, initial_peers: Sequence[str], dht_prefix: str, start_timeout: float = 60.0):
+        if not initial_peers:
+            raise ValueError("give at least one initial peer (the address printed by `nectar dht` or a server)")
+        self.dht_prefix = dht_prefix
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="nectar-swarm", daemon=True)
+        self._thread.start()
+        try:
+            self.p2p, self.node = self.run(self._start(list(initial_peers)), timeout=start_timeout)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _start(initial_peers: list[str]) -> tuple[P2P, DHTNode]:
+        p2p = await P2P.create(initial_peers=initial_peers, persistent_conn_max_msg_size=MAX_MESSAGE_BYTES)
+        node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers, client_mode=True)
+        return p2p, node
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the swarm loop and wait for its result (from any thread but the loop's)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def read_blocks(self, start: int, end: int) -> dict[int, list[ServerRecord]]:
+        return await records.read_blocks(self.node, self.dht_prefix, range(start, end))
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        try:
+            self.run(self._shutdown(), timeout=15)
+        finally:
+            self._stop_loop()
+
+    async def _shutdown(self) -> None:
+        await self.node.shutdown()
+        await self.p2p.shutdown()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    def __enter__(self) -> SwarmConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,14 @@
+"""Model families behind one registry.
+
+- ``base.py``: ``ModelFamily``, the questions a family answers (layer classes, tensor names, rotary embedding).
+- ``llama.py``: the Llama-architecture family (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3).
+- ``span.py``: ``BlockSpan`` runs a contiguous span of layers; ``SpanCache`` is its attention cache.
+- ``registry.py``: ``get_family(config)`` picks the family for a config's ``model_type``.
+
+Adding a family means adding one module that defines a ``ModelFamily`` and registering it in ``registry.py``.
+"""
+
+from engine.models.base import ModelFamily
+from engine.models.registry import UnsupportedModelError, get_family, supported_model_types
+
+__all__ = ["ModelFamily", "UnsupportedModelError", "get_family", "supported_model_types"]

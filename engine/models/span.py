@@ -1,0 +1,172 @@
+"""A contiguous span of decoder layers and the attention cache one session keeps on it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from engine.models.base import ModelFamily
+from engine.models.registry import get_family
+from engine.weights import ModelSource
+
+
+class SpanCache:
+    """Keys and values of one session on some blocks, allocated once at the session's maximum length.
+
+    Preallocating makes the server's cache budget a hard limit (no growth mid-session) and lets a step roll
+    back to an earlier position by moving ``length``, which is how a replayed step rebuilds state.
+    It implements the one method transformers' attention layers call: ``update``.
+    """
+
+    def __init__(
+        self,
+        first_block: int,
+        num_blocks: int,
+        batch_size: int,
+        max_length: int,
+        kv_shape: tuple[int, int],
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
+        heads, head_dim = kv_shape
+        shape = (num_blocks, batch_size, heads, max_length, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.first_block = first_block
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.length = 0  # tokens whose keys and values are final
+
+    @staticmethod
+    def bytes_per_token(num_blocks: int, kv_shape: tuple[int, int], dtype: torch.dtype) -> int:
+        heads, head_dim = kv_shape
+        return 2 * num_blocks * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = layer_idx - self.first_block
+        end = self.length + key.shape[2]
+        self.keys[slot, :, :, self.length : end] = key
+        self.values[slot, :, :, self.length : end] = value
+        return self.keys[slot, :, :, :end], self.values[slot, :, :, :end]
+
+
+def attention_mask(position: int, new_tokens: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) for ``new_tokens`` queries after ``position`` cached tokens.
+
+    None where scaled_dot_product_attention's own causal handling is exact: one new token, or a first step.
+    """
+    total = position + new_tokens
+    if (window is None or total <= window) and (new_tokens == 1 or position == 0):
+        return None
+    queries = torch.arange(position, total, device=device)[:, None]
+    keys = torch.arange(total, device=device)[None, :]
+    allowed = keys <= queries
+    if window is not None:
+        allowed &= (queries - keys) < window
+    return allowed[None, None]
+
+
+class BlockSpan(nn.Module):
+    """Blocks [start, end) of a model, run with or without a session's attention cache."""
+
+    def __init__(
+        self,
+        family: ModelFamily,
+        config: PretrainedConfig,
+        start: int,
+        layers: list[nn.Module],
+    ):
+        super().__init__()
+        self.family, self.config = family, config
+        self.start, self.end = start, start + len(layers)
+        self.layers = nn.ModuleList(layers)
+        self.rotary = family.make_rotary(config)
+        self.windows = [family.sliding_window(config, index) for index in range(self.start, self.end)]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.layers.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.layers.parameters()).device
+
+    def new_cache(self, start: int, end: int, batch_size: int, max_length: int) -> SpanCache:
+        return SpanCache(
+            start, end - start, batch_size, max_length, self.family.kv_shape(self.config), self.dtype, self.device
+        )
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        position: int = 0,
+        cache: SpanCache | None = None,
+        start: int | None = None,
+        end: int | None = None,
+        prompts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run blocks [start, end) (default: the whole span) on ``hidden`` of shape (batch, tokens, hidden).
+
+        With a cache, ``position`` is where the new tokens start and the cache grows by their number.
+        ``prompts`` (blocks, batch, prefix, hidden), if given, are added to the first prefix positions of the
+        input of each block (deep prompt tuning).
+        """
+        start = self.start if start is None else start
+        end = self.end if end is None else end
+        new_tokens = hidden.shape[1]
+        position_ids = torch.arange(position, position + new_tokens, device=hidden.device)[None]
+        position_embeddings = self.family.position_embeddings(self.rotary, hidden, position_ids)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        if cache is not None:
+            cache.length = position  # the caller checked position <= cache.length; a smaller one rolls back
+        for index in range(start, end):
+            if prompts is not None:
+                hidden = _add_prompt(hidden, prompts[index - start], position)
+            window = self.windows[index - self.start]
+            if window not in masks:
+                masks[window] = attention_mask(position, new_tokens, window, hidden.device)
+            hidden = self.layers[index - self.start](
+                hidden,
+                attention_mask=masks[window],
+                position_ids=position_ids,
+                past_key_values=cache,
+                position_embeddings=position_embeddings,
+            )
+        if cache is not None:
+            cache.length = position + new_tokens
+        return hidden
+
+
+def _add_prompt(hidden: torch.Tensor, prompt: torch.Tensor, position: int) -> torch.Tensor:
+    """Add a block's trainable prompt to the positions of the prefix that this step carries."""
+    prefix = prompt.shape[1]
+    if position >= prefix:
+        return hidden
+    covered = min(prefix - position, hidden.shape[1])
+    head = hidden[:, :covered] + prompt[:, position : position + covered].to(hidden.dtype)
+    return torch.cat([head, hidden[:, covered:]], dim=1)
+
+
+def load_span(source: ModelSource, start: int, end: int, dtype: torch.dtype, device: str = "cpu") -> BlockSpan:
+    """Build blocks [start, end) from a checkpoint, reading only their tensors.
+
+    Layers are created on the meta device and take the loaded tensors as their parameters, so no memory is
+    spent on a random initialization that would be overwritten.
+    """
+    config = source.config
+    family = get_family(config)
+    total = config.num_hidden_layers
+    if not 0 <= start < end <= total:
+        raise ValueError(f"block range {start}:{end} is outside the model's blocks 0:{total}")
+    layers = []
+    for index in range(start, end):
+        with torch.device("meta"):
+            layer = family.make_layer(config, index)
+        state = source.read_prefix(family.block_prefix(index), dtype=dtype)
+        layer.load_state_dict({name: tensor.to(device) for name, tensor in state.items()}, assign=True, strict=True)
+        layers.append(layer.eval().requires_grad_(False))
+    span = BlockSpan(family, config, start, layers)
+    return span.to(device)
