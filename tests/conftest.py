@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random checkpoints of each family, and real local swarms on 127.0.0.1.
+
+Nothing here touches the network beyond loopback, and every swarm a test starts is stopped by its fixture
+(SIGTERM, then SIGKILL), so a failing test leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.local_swarm import LocalSwarm
+
+# one thread per process: tests run several server processes on a 2-core machine
+TEST_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+TINY_CONFIGS = {
+    "llama": dict(model_type="llama"),
+    "mistral": dict(model_type="mistral", sliding_window=None),
+    "qwen2": dict(model_type="qwen2", use_sliding_window=False),
+    "qwen3": dict(model_type="qwen3", head_dim=16),
+}
+
+
+def make_tiny_checkpoint(path: Path, family: str, num_layers: int = 4, seed: int = 0) -> Path:
+    """A randomly initialized model of ``family`` saved as safetensors (no tokenizer), small enough for CPU tests."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(TINY_CONFIGS[family])
+    model_type = spec.pop("model_type")
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        **spec,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_checkpoints("llama")`` -> directory of a tiny random checkpoint of that family (made once)."""
+    made: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("checkpoints")
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = make_tiny_checkpoint(root / family, family)
+        return made[family]
+
+    return get
+
+
+@pytest.fixture
+def local_swarm() -> Iterator[Callable[..., LocalSwarm]]:
+    """``local_swarm(model, spans, server_args=...)`` -> a started LocalSwarm, stopped after the test."""
+    started: list[LocalSwarm] = []
+
+    def start(model: str, spans, server_args=(), env=None) -> LocalSwarm:
+        swarm = LocalSwarm(str(model), spans, server_args=server_args, env={**TEST_ENV, **(env or {})})
+        started.append(swarm.start())
+        return swarm
+
+    yield start
+    for swarm in started:
+        swarm.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
