@@ -61,6 +61,11 @@ class SwarmConnection:
     async def _shutdown(self) -> None:
         await self.node.shutdown()
         await self.p2p.shutdown()
+        # background tasks of the DHT node (refresh timers) would be destroyed pending when the loop stops
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def _stop_loop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
