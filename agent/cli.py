@@ -44,6 +44,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_swarm(args: argparse.Namespace) -> int:
+    from engine.records import default_dht_prefix
+    from engine.swarm_view import format_view, read_view
+
+    num_blocks = args.num_blocks
+    if num_blocks is None:
+        from engine.weights import resolve_model
+
+        num_blocks = resolve_model(args.model).config.num_hidden_layers
+    view = read_view(args.initial_peers, args.dht_prefix or default_dht_prefix(args.model), num_blocks)
+    print(json.dumps(view.to_dict(), indent=1) if args.json else format_view(view))
+    return 0
+
+
 def _generation_settings(args: argparse.Namespace):
     from engine.client.generation import GenerationSettings
 
@@ -70,7 +84,14 @@ def stream_answer(model_name: str, initial_peers: list[str], prompt: str, args: 
     try:
         tokenizer = model.source.tokenizer()
         input_ids = chat_prompt(tokenizer, prompt) if args.chat else list(tokenizer(prompt)["input_ids"])
-        result = generate(model, input_ids, settings, tokenizer, on_text=lambda text: print(text, end="", flush=True))
+        tuned = model
+        if getattr(args, "prompts", None):
+            from engine.client.finetune import load_trained
+
+            tuned = load_trained(args.prompts, model)
+        adapter = getattr(args, "adapter", None)
+        on_text = lambda text: print(text, end="", flush=True)  # noqa: E731
+        result = generate(tuned, input_ids, settings, tokenizer, on_text=on_text, adapter=adapter)
         print(flush=True)
         return result
     finally:
@@ -89,6 +110,33 @@ def _print_stats(result) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     result = stream_answer(args.model, args.initial_peers, args.prompt, args, args.dht_prefix)
     _print_stats(result)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.client.finetune import FinetuneSettings, finetune_file
+
+    settings = dataclass_from_args(FinetuneSettings, args)
+    settings.validate()
+    bars: list[tqdm] = []  # opened at the first step: a bad data file fails without a bar
+
+    def on_progress(progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=progress.steps, desc=settings.method, unit="step", file=sys.stderr))
+        bars[0].update(1)
+        bars[0].set_postfix(loss=f"{progress.loss:.4f}", tokens_per_s=f"{progress.tokens_per_second:.0f}")
+
+    try:
+        path, losses = finetune_file(
+            args.model, args.initial_peers, args.data, settings, args.out, args.dht_prefix, on_progress
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; saved the trained prompts to {path}", file=sys.stderr)
+    print(f"use them with: nectar generate {args.model} --initial-peers ... --prompts {path}", file=sys.stderr)
     return 0
 
 
@@ -121,6 +169,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.client.finetune import FinetuneSettings
     from engine.server.server import ServerSettings
 
     parser = argparse.ArgumentParser(prog="nectar", description="Serve, use and fine-tune an LLM over a swarm.")
@@ -139,13 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(serve, ServerSettings, skip=("model",))
     serve.set_defaults(run=cmd_serve)
 
+    swarm = commands.add_parser("swarm", help="show which servers hold which blocks, and each block's throughput")
+    swarm.add_argument("model", help="model name, as servers were started with")
+    swarm.add_argument("--initial-peers", nargs="+", required=True)
+    swarm.add_argument("--dht-prefix", default=None)
+    swarm.add_argument("--num-blocks", type=int, default=None, help="blocks of the model (default: from its config)")
+    swarm.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    swarm.set_defaults(run=cmd_swarm)
+
     gen = commands.add_parser("generate", help="generate text through a swarm")
     gen.add_argument("model")
     gen.add_argument("--initial-peers", nargs="+", required=True)
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--dht-prefix", default=None)
+    gen.add_argument("--prompts", default=None, help="trained prompts (.safetensors) from `nectar finetune`")
+    gen.add_argument("--adapter", default=None, help="LoRA adapter the servers apply (default: none)")
     _add_generation_options(gen)
     gen.set_defaults(run=cmd_generate)
+
+    tune = commands.add_parser("finetune", help="train prompts through a swarm (the model stays frozen)")
+    tune.add_argument("model")
+    tune.add_argument("--initial-peers", nargs="+", required=True)
+    tune.add_argument("--data", required=True, help='JSONL: {"prompt", "completion"} or {"text"} per line')
+    tune.add_argument("--out", default="prompts.safetensors", help="where to save the trained prompts")
+    tune.add_argument("--dht-prefix", default=None)
+    add_dataclass_options(tune, FinetuneSettings)
+    tune.set_defaults(run=cmd_finetune)
 
     demo = commands.add_parser("demo", help="start a local swarm of the embedded model and chat through it")
     demo.add_argument("--prompt", default=DEMO_PROMPT)

@@ -7,9 +7,10 @@ Map of the package:
 - ``gguf_cache.py``: converts a GGUF file once into a cached safetensors directory.
 - ``records.py``: the DHT record that a server announces for each block, and reading the swarm's coverage.
 - ``wire.py``: the RPC message format (tensors plus msgpack metadata) and the errors that cross the wire.
-- ``server/``: a server process (block backend, cache budget, RPC handler, announcer).
+- ``server/``: a server process (block backend, cache budget, RPC handler, announcer, throughput, placement).
 - ``client/``: routing, inference sessions, remote forward/backward, the distributed causal LM and generation.
 - ``balance/``: block selection as pure functions and the swarm simulator.
+- ``swarm_view.py``: per block the servers holding it and their throughput, per server its spans (``nectar swarm``).
 
 The engine never imports ``agent`` or ``gui``.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from hivemind.utils import get_dht_time
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "0.1.0"
+_TEXT_FIELDS = ("peer_id", "dtype", "quantization", "version")
 
 
 class ServerState(StrEnum):
@@ -67,10 +69,15 @@ class ServerRecord:
             record = cls(**values)
             if not (isinstance(record.start, int) and isinstance(record.end, int) and 0 <= record.start < record.end):
                 return None
-            if not isinstance(record.peer_id, str):
+            if not all(isinstance(getattr(record, name), str) for name in _TEXT_FIELDS):
                 return None
-            for name in ("throughput", "inference_rps"):
-                if not isinstance(getattr(record, name), int | float) or getattr(record, name) < 0:
+            for name in ("throughput", "inference_rps"):  # NaN or inf would break routing's weighted choice
+                value = getattr(record, name)
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                    return None
+            for name, least in (("free_cache_tokens", 0), ("max_request_tokens", 1)):
+                value = getattr(record, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
                     return None
         except (KeyError, TypeError, ValueError):
             return None
@@ -87,9 +94,11 @@ def block_key(prefix: str, index: int) -> str:
     return f"{prefix}.{index}"
 
 
-async def announce(node: DHTNode, prefix: str, record: ServerRecord, expiration_s: float) -> None:
-    """Store ``record`` under every block of its span until ``expiration_s`` from now."""
-    blocks = range(record.start, record.end)
+async def announce(
+    node: DHTNode, prefix: str, record: ServerRecord, expiration_s: float, blocks: Sequence[int] | None = None
+) -> None:
+    """Store ``record`` under every block of its span (or just ``blocks``) until ``expiration_s`` from now."""
+    blocks = range(record.start, record.end) if blocks is None else blocks
     expiration = get_dht_time() + expiration_s
     stored = await node.store_many(
         keys=[block_key(prefix, index) for index in blocks],

@@ -24,11 +24,15 @@ class BadRequest(ValueError):
 
 
 class RemoteError(RuntimeError):
-    """A server answered with an error: the message is the server's one-line reason."""
+    """A server answered with an error: the message is the server's one-line reason.
 
-    def __init__(self, peer: str, message: str):
+    ``unavailable`` means the server cannot take the request now (it is leaving), so another server may; otherwise
+    the request itself was refused and retrying it elsewhere would not help.
+    """
+
+    def __init__(self, peer: str, message: str, unavailable: bool = False):
         super().__init__(f"server {peer[-8:]}: {message}")
-        self.peer, self.reason = peer, message
+        self.peer, self.reason, self.unavailable = peer, message, unavailable
 
 
 def _pack_tensors(tensors: Sequence[torch.Tensor]) -> list[runtime_pb2.Tensor]:
@@ -43,8 +47,9 @@ def response(tensors: Sequence[torch.Tensor] = (), **metadata: Any) -> runtime_p
     return runtime_pb2.ExpertResponse(tensors=_pack_tensors(tensors), metadata=msgpack.packb(metadata))
 
 
-def error_response(message: str) -> runtime_pb2.ExpertResponse:
-    return response(error=message)
+def error_response(message: str, unavailable: bool = False) -> runtime_pb2.ExpertResponse:
+    """A refusal; ``unavailable`` says "not now, ask another server" rather than "this request is wrong"."""
+    return response(error=message, unavailable=True) if unavailable else response(error=message)
 
 
 def unpack(message: runtime_pb2.ExpertRequest | runtime_pb2.ExpertResponse) -> tuple[list[torch.Tensor], dict]:
@@ -63,5 +68,5 @@ def unpack_response(message: runtime_pb2.ExpertResponse, peer: str) -> tuple[lis
     """Like ``unpack``, but a server's error becomes a ``RemoteError``."""
     tensors, metadata = unpack(message)
     if "error" in metadata:
-        raise RemoteError(peer, str(metadata["error"]))
+        raise RemoteError(peer, str(metadata["error"]), bool(metadata.get("unavailable", False)))
     return tensors, metadata

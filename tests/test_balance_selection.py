@@ -73,6 +73,13 @@ def test_never_moves_when_leaving_uncovers_a_block() -> None:
     assert should_move(spans, num_blocks=4, my_peer_id="a", balance_quality=0.75) is None
 
 
+def test_shifts_towards_a_gap_keeping_blocks_only_it_holds() -> None:
+    # "c" alone holds blocks 7-14; its move to 0:15 keeps them and leaves 15-21, which "b" also holds.
+    spans = [span("b", 15, 30), span("c", 7, 22)]
+    move = should_move(spans, num_blocks=30, my_peer_id="c", balance_quality=0.75)
+    assert move == Move(start=0, reason="bottleneck", old_bottleneck=0.0, new_bottleneck=1.0)
+
+
 def test_moves_when_the_gain_exceeds_the_threshold() -> None:
     spans = [span("a", 0, 2, 10.0), span("b", 0, 2, 10.0), span("c", 2, 4, 1.0)]
     move = should_move(spans, num_blocks=4, my_peer_id="a", balance_quality=0.75)

@@ -129,7 +129,8 @@ def rebalance(
     ``totals`` and ``coverage`` include this server. With q = balance_quality, old = min(totals) and ``new`` the
     minimum after this server moves alone to its best span (best_start over the swarm without it):
 
-    - never move if some block of [start, end) has no other server (leaving would uncover it);
+    - never move if some block it would leave (in [start, end) but not in the new span) has no other server;
+      blocks that the new span keeps may be its alone, so a server can shift towards a gap next to it;
     - stay if the best span is the current one, or if the move does not raise the weakest block it touches
       (min over old and new span before vs after): every move then strictly raises the sorted vector of block
       totals, so a swarm without churn settles after finitely many moves instead of oscillating;
@@ -149,8 +150,6 @@ def rebalance(
     _check_throughput(throughput, "throughput")
     if not (0.0 < balance_quality <= 1.0):
         raise ValueError(f"balance_quality must be in (0, 1], got {balance_quality}")
-    if coverage[start:end].min() <= 1:
-        return None
     old = float(totals.min())
     imbalanced = float(totals.mean()) * balance_quality > old
     # The minimum after moving is at most old + throughput, so a direct gain is impossible below this line.
@@ -163,6 +162,10 @@ def rebalance(
     new_start = best_start(rest, span_length, throughput)
     if new_start == start:
         return None
+    held = np.arange(start, end)
+    left = held[(held < new_start) | (held >= new_start + span_length)]
+    if coverage[left].min() <= 1:
+        return None  # leaving would uncover a block
     moved = rest.copy()
     moved[new_start : new_start + span_length] += throughput
     touched_before = min(totals[start:end].min(), totals[new_start : new_start + span_length].min())

@@ -1,9 +1,22 @@
 """The client side of the swarm.
 
-- ``swarm.py``: ``SwarmConnection``, a P2P peer and client-mode DHT node on a background event loop.
-- ``routing.py``: ``make_route``, the chain of servers that covers a range of blocks.
-- ``session.py``: ``InferenceSession``, a generation's attention caches held along a route.
-- ``remote.py``: ``RemoteBlocks``, forward and backward through the swarm as a torch module.
+- ``config.py``: ``ClientSettings``, every client knob (step timeout, retries, bans, pings) declared once.
+- ``swarm.py``: ``SwarmConnection``, a P2P peer and client-mode DHT node on a background event loop, plus its router.
+- ``routing.py``: pure routing decisions: ``inference_route`` (lowest expected latency: measured round trips plus
+  announced compute, avoiding banned and cache-less servers) and ``make_route`` (forward/backward: fewest hops,
+  load spread by throughput); ``MissingBlocksError`` names the blocks nothing can serve.
+- ``router.py``: ``Router``, what routing needs, per connection: fresh DHT views, the ban list, the pinger; and
+  ``is_server_fault``, which failures another server may fix.
+- ``pinger.py``: ``Pinger``, smoothed round trips to servers, refreshed in the background.
+- ``bans.py``: ``BanList``, servers that failed, avoided for a time that doubles with each failure in a row.
+- ``session.py``: ``InferenceSession``, a generation's attention caches held along a chain; on a server failure it
+  replays the span's remembered inputs at their positions on a new chain (the paper's Algorithm 1).
+- ``remote.py``: ``RemoteBlocks``, forward and backward through the swarm as a torch module; failed hops are
+  recomputed on other servers.
 - ``model.py``: ``DistributedCausalLM``, local embeddings and head around the remote blocks.
 - ``generation.py``: ``generate``: sampling, stop strings, streaming, chat prompts.
+- ``ptune.py``: ``PromptTuning``, ``DeepPromptTuning`` and ``SequenceClassifier``: trainable prompts and a head kept
+  by the client, trained through the frozen swarm.
+- ``finetune.py``: JSONL data (validated, tokenized with the chat template), the training loop, and the safetensors
+  file of trained prompts (``nectar finetune`` / ``nectar generate --prompts``).
 """

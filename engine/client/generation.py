@@ -98,8 +98,12 @@ def generate(
     tokenizer=None,
     on_text: Callable[[str], None] | None = None,
     stop_token_ids: set[int] | None = None,
+    adapter: str | None = None,
 ) -> GenerationResult:
-    """Generate after ``input_ids`` through the swarm; ``on_text`` receives each new piece of text."""
+    """Generate after ``input_ids`` through the swarm; ``on_text`` receives each new piece of text.
+
+    ``model`` may also be a prompt-tuned module (``engine.client.ptune``); ``adapter`` names a LoRA adapter.
+    """
     settings.validate()
     if not input_ids:
         raise ValueError("the prompt is empty")
@@ -114,7 +118,8 @@ def generate(
     streamer = _TextStreamer(tokenizer, settings.stop_strings, on_text)
     first_token_at, reason = 0.0, "length"
     max_length = len(input_ids) + settings.max_new_tokens
-    with torch.inference_mode(), model.inference_session(max_length=max_length) as session:
+    session_options = {} if adapter is None else {"adapter": adapter}
+    with torch.inference_mode(), model.inference_session(max_length=max_length, **session_options) as session:
         step_input = sequence
         for _ in range(settings.max_new_tokens):
             hidden = session.step(model.embed(step_input))

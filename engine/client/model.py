@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.client.config import ClientSettings
 from engine.client.remote import RemoteBlocks
 from engine.client.session import InferenceSession
 from engine.client.swarm import SwarmConnection
@@ -24,7 +25,7 @@ class DistributedCausalLM(nn.Module):
         super().__init__()
         config = source.config
         family = get_family(config)
-        self.config, self.family, self.swarm = config, family, swarm
+        self.source, self.config, self.family, self.swarm = source, config, family, swarm
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.embed_tokens.load_state_dict({"weight": source.read([family.embed_weight], dtype)[family.embed_weight]})
         self.norm = family.make_norm(config).to(dtype)
@@ -47,12 +48,30 @@ class DistributedCausalLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden))
 
-    def forward(self, input_ids: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, tokens, vocab) for full sequences, with gradients through the swarm."""
-        return self.logits(self.blocks(self.embed(input_ids), prompts))
+    def forward(
+        self, input_ids: torch.Tensor, prompts: torch.Tensor | None = None, adapter: str | None = None
+    ) -> torch.Tensor:
+        """Logits (batch, tokens, vocab) for full sequences, with gradients through the swarm.
 
-    def inference_session(self, max_length: int, batch_size: int = 1, step_timeout: float = 60.0) -> InferenceSession:
-        return InferenceSession(self.swarm, self.num_blocks, max_length, batch_size, step_timeout)
+        ``prompts`` (blocks, batch, prefix, hidden): deep prompts; ``adapter``: a LoRA adapter the servers apply.
+        """
+        return self.logits(self.blocks(self.embed(input_ids), prompts, adapter=adapter))
+
+    def inference_session(
+        self,
+        max_length: int,
+        batch_size: int = 1,
+        step_timeout: float | None = None,
+        adapter: str | None = None,
+        prompts: torch.Tensor | None = None,
+    ) -> InferenceSession:
+        """A session surviving server failures; ``step_timeout`` defaults to the connection's settings.
+
+        ``adapter`` and deep ``prompts`` (blocks, batch, prefix, hidden) hold for the whole session.
+        """
+        return InferenceSession(
+            self.swarm, self.num_blocks, max_length, batch_size, step_timeout, adapter=adapter, prompts=prompts
+        )
 
     def close(self) -> None:
         """Leave the swarm (stops the client's P2P daemon and DHT node)."""
@@ -60,15 +79,18 @@ class DistributedCausalLM(nn.Module):
 
     @classmethod
     def connect(
-        cls, model: str, initial_peers: list[str], dht_prefix: str | None = None, dtype: torch.dtype = torch.float32
+        cls,
+        model: str,
+        initial_peers: list[str],
+        dht_prefix: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        settings: ClientSettings | None = None,
     ) -> DistributedCausalLM:
         """Resolve ``model`` locally (for its head and tokenizer) and join the swarm that serves its blocks."""
         source = resolve_model(model)
-        swarm = SwarmConnection(initial_peers, dht_prefix or default_dht_prefix(model))
+        swarm = SwarmConnection(initial_peers, dht_prefix or default_dht_prefix(model), settings=settings)
         try:
-            instance = cls(source, swarm, dtype)
+            return cls(source, swarm, dtype)
         except BaseException:
             swarm.close()
             raise
-        instance.source = source
-        return instance

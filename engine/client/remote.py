@@ -1,48 +1,105 @@
 """Forward and backward through the swarm as a torch module, so ``loss.backward()`` reaches the servers.
 
-Servers keep their weights frozen and store no activations: the client remembers what it sent to each hop
-and, on backward, sends it again with the output gradient; the server recomputes and returns the gradients of
-its inputs (and of deep prompts). Batches are split into chunks within every server's request limit.
+Servers keep their weights frozen: the client remembers what it sent to each hop and, on backward, sends it
+again with the output gradient; the server returns the gradients of its inputs (and of deep prompts), from the
+graph it kept since the forward or by recomputing the forward. Batches are split into chunks within every
+server's request limit.
+
+A hop whose server fails (connection lost, timeout, leaving) is recomputed elsewhere: in forward, the failed
+blocks get a new chain fed the same input; in backward, the new chain's inner inputs are first recomputed by a
+forward pass, then the gradient flows back through it. Servers compute the same function, so the result is the
+same as without the failure.
+
+Requests may name a LoRA adapter (only servers that announce it are used) and, when a backward will follow, a
+``keep`` id: the server then keeps that forward's graph for the backward (``engine/server/activations.py``); a
+server without it (a replacement, or after evicting it) recomputes, with the same result.
 """
 
 from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
 
 import torch
 from hivemind.p2p import PeerID
 from torch import nn
 
 from engine import wire
-from engine.client.routing import Hop, make_route
+from engine.client.router import RetryBudget, is_server_fault
+from engine.client.routing import Hop
 from engine.client.swarm import SwarmConnection
 from engine.server.handler import BlockServicer
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What every request of one forward/backward carries besides tensors: the adapter and the keep id."""
+
+    adapter: str | None = None
+    keep: str | None = None  # set when a backward will follow; chunks add their blocks and rows to it
+
+    def metadata(self, hop: Hop, first_row: int) -> dict:
+        meta: dict = {} if self.adapter is None else {"adapter": self.adapter}
+        if self.keep is not None:
+            meta["keep"] = f"{self.keep}.{hop.start}.{hop.end}.{first_row}"
+        return meta
+
+
+BASE = RequestOptions()
 
 
 class RemoteBlocks(nn.Module):
     """All blocks of a model, served by the swarm; input and output are (batch, tokens, hidden)."""
 
-    def __init__(self, swarm: SwarmConnection, num_blocks: int, request_timeout: float = 120.0):
+    def __init__(
+        self,
+        swarm: SwarmConnection,
+        num_blocks: int,
+        request_timeout: float | None = None,
+        max_retries: int | None = None,
+    ):
         super().__init__()
         self.swarm = swarm
+        self.router = swarm.router
         self.num_blocks = num_blocks
-        self.request_timeout = request_timeout
+        self.request_timeout = swarm.settings.request_timeout if request_timeout is None else request_timeout
+        self.max_retries = swarm.settings.max_retries if max_retries is None else max_retries
+        self.last_route: list[Hop] = []  # the chain of the latest forward, after any replacements (diagnostics)
 
-    def forward(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """``prompts`` (blocks, batch, prefix, hidden), optional: deep prompts added at every block's input."""
+    def forward(
+        self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, adapter: str | None = None
+    ) -> torch.Tensor:
+        """``prompts`` (blocks, batch, prefix, hidden), optional: deep prompts added at every block's input.
+
+        ``adapter`` names a LoRA adapter for the servers to apply (None: the base model).
+        """
         if prompts is None:
             prompts = torch.empty(0)  # autograd functions need tensors, not None
-        return _RemoteFunction.apply(hidden, prompts, self)
+        backward_follows = torch.is_grad_enabled() and (hidden.requires_grad or prompts.requires_grad)
+        options = RequestOptions(adapter, uuid.uuid4().hex if backward_follows else None)
+        return _RemoteFunction.apply(hidden, prompts, self, options)
 
-    async def route(self) -> list[Hop]:
-        return make_route(await self.swarm.read_blocks(0, self.num_blocks), 0, self.num_blocks)
+    async def route(self, options: RequestOptions = BASE) -> list[Hop]:
+        return await self.router.training_chain(0, self.num_blocks, adapter=options.adapter)
 
-    async def _call(self, hop: Hop, method: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def _call(
+        self, hop: Hop, method: str, tensors: list[torch.Tensor], metadata: dict | None = None
+    ) -> list[torch.Tensor]:
         stub = BlockServicer.get_stub(self.swarm.p2p, PeerID.from_base58(hop.peer_id))
-        message = wire.request(tensors, start=hop.start, end=hop.end)
+        message = wire.request(tensors, start=hop.start, end=hop.end, **(metadata or {}))
         answer = await getattr(stub, method)(message, timeout=self.request_timeout)
-        return wire.unpack_response(answer, hop.peer_id)[0]
+        try:
+            return wire.unpack_response(answer, hop.peer_id)[0]
+        except wire.BadRequest as error:  # garbage from the server is the server's fault: try another one
+            raise ConnectionError(f"server {hop.peer_id[-8:]} sent a malformed answer: {error}") from None
 
     async def _chunked(
-        self, hop: Hop, method: str, batch: list[torch.Tensor], prompts: torch.Tensor | None
+        self,
+        hop: Hop,
+        method: str,
+        batch: list[torch.Tensor],
+        prompts: torch.Tensor | None,
+        options: RequestOptions = BASE,
     ) -> list[torch.Tensor]:
         """Call ``method`` on ``hop`` for batch-sized tensors in chunks; returns outputs concatenated on batch."""
         rows, tokens = batch[0].shape[:2]
@@ -58,38 +115,100 @@ class RemoteBlocks(nn.Module):
             chunk = [tensor[first : first + per_chunk] for tensor in batch]
             if prompts is not None:
                 chunk.append(prompts[hop.start : hop.end, first : first + per_chunk])
-            results.append(await self._call(hop, method, chunk))
+            results.append(await self._call(hop, method, chunk, options.metadata(hop, first)))
         # outputs are batch-first, except deep-prompt gradients: (blocks, batch, prefix, hidden)
         return [
             torch.cat(parts, dim=1 if index == 1 and prompts is not None else 0)
             for index, parts in enumerate(zip(*results, strict=True))
         ]
 
-    async def run_forward(self, hidden: torch.Tensor, prompts: torch.Tensor | None):
-        route = await self.route()
-        inputs = []
-        for hop in route:
+    async def _failed(
+        self, hop: Hop, error: Exception, budget: RetryBudget, options: RequestOptions = BASE
+    ) -> list[Hop]:
+        """Handle a failed call: re-raise the request's own errors, else ban the server and route around it."""
+        if not is_server_fault(error):
+            raise error
+        self.router.failed(hop, error)
+        budget.spend(range(hop.start, hop.end), error)
+        return await self.router.training_chain(hop.start, hop.end, adapter=options.adapter)
+
+    async def _forward_route(
+        self,
+        route: list[Hop],
+        hidden: torch.Tensor,
+        prompts: torch.Tensor | None,
+        budget: RetryBudget,
+        options: RequestOptions = BASE,
+    ) -> tuple[torch.Tensor, list[Hop], list[torch.Tensor]]:
+        """Run ``hidden`` through ``route``, replacing failed hops; returns the output, final route and hop inputs."""
+        route, inputs, index = list(route), [], 0
+        while index < len(route):
+            hop = route[index]
+            try:
+                output = (await self._chunked(hop, "rpc_forward", [hidden], prompts, options))[0]
+            except Exception as error:
+                route[index : index + 1] = await self._failed(hop, error, budget, options)
+                continue
+            self.router.served(hop.peer_id)
             inputs.append(hidden)
-            hidden = (await self._chunked(hop, "rpc_forward", [hidden], prompts))[0]
+            hidden = output
+            index += 1
         return hidden, route, inputs
 
-    async def run_backward(self, grad: torch.Tensor, route: list[Hop], inputs: list[torch.Tensor], prompts):
+    async def _backward_hop(
+        self,
+        hop: Hop,
+        hidden: torch.Tensor,
+        grad: torch.Tensor,
+        prompts: torch.Tensor | None,
+        grad_prompts: torch.Tensor | None,
+        budget: RetryBudget,
+        options: RequestOptions = BASE,
+    ) -> torch.Tensor:
+        """Gradient of ``hop``'s input; if its server fails, the blocks are recomputed on a new chain."""
+        try:
+            grads = await self._chunked(hop, "rpc_backward", [hidden, grad], prompts, options)
+        except Exception as error:
+            route = await self._failed(hop, error, budget, options)
+            inputs = [hidden]
+            if len(route) > 1:  # the inputs of the new chain's inner hops are not known yet: recompute them
+                last_input, head, inner = await self._forward_route(route[:-1], hidden, prompts, budget, options)
+                route, inputs = [*head, route[-1]], [*inner, last_input]
+            for sub_hop, sub_hidden in zip(reversed(route), reversed(inputs), strict=True):
+                grad = await self._backward_hop(sub_hop, sub_hidden, grad, prompts, grad_prompts, budget, options)
+            return grad
+        self.router.served(hop.peer_id)
+        if grad_prompts is not None:
+            grad_prompts[hop.start : hop.end] += grads[1]
+        return grads[0]
+
+    async def run_forward(self, hidden: torch.Tensor, prompts: torch.Tensor | None, options: RequestOptions = BASE):
+        budget = RetryBudget(self.max_retries)
+        route = await self.route(options)
+        output, route, inputs = await self._forward_route(route, hidden, prompts, budget, options)
+        self.last_route = route
+        return output, route, inputs
+
+    async def run_backward(
+        self, grad: torch.Tensor, route: list[Hop], inputs: list[torch.Tensor], prompts, options: RequestOptions = BASE
+    ):
+        budget = RetryBudget(self.max_retries)
         grad_prompts = torch.zeros_like(prompts) if prompts is not None else None
         for hop, hidden in zip(reversed(route), reversed(inputs), strict=True):
-            grads = await self._chunked(hop, "rpc_backward", [hidden, grad], prompts)
-            grad = grads[0]
-            if grad_prompts is not None:
-                grad_prompts[hop.start : hop.end] += grads[1]
+            grad = await self._backward_hop(hop, hidden, grad, prompts, grad_prompts, budget, options)
         return grad, grad_prompts
 
 
 class _RemoteFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, prompts: torch.Tensor, remote: RemoteBlocks) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, prompts: torch.Tensor, remote: RemoteBlocks, options: RequestOptions
+    ) -> torch.Tensor:
         deep = prompts if prompts.numel() else None
         detached = hidden.detach().float()
-        output, route, inputs = remote.swarm.run(remote.run_forward(detached, None if deep is None else deep.detach()))
-        ctx.remote, ctx.route, ctx.inputs, ctx.deep = remote, route, inputs, deep is not None
+        deep_detached = None if deep is None else deep.detach()
+        output, route, inputs = remote.swarm.run(remote.run_forward(detached, deep_detached, options))
+        ctx.remote, ctx.route, ctx.inputs, ctx.deep, ctx.options = remote, route, inputs, deep is not None, options
         ctx.save_for_backward(prompts.detach())
         return output.to(hidden.dtype)
 
@@ -98,6 +217,6 @@ class _RemoteFunction(torch.autograd.Function):
         (prompts,) = ctx.saved_tensors
         deep = prompts if ctx.deep else None
         grad, grad_prompts = ctx.remote.swarm.run(
-            ctx.remote.run_backward(grad_output.float(), ctx.route, ctx.inputs, deep)
+            ctx.remote.run_backward(grad_output.float(), ctx.route, ctx.inputs, deep, ctx.options)
         )
-        return grad.to(grad_output.dtype), (grad_prompts if ctx.deep else None), None
+        return grad.to(grad_output.dtype), (grad_prompts if ctx.deep else None), None, None

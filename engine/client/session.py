@@ -1,68 +1,173 @@
-"""An inference session: attention caches held along a route of servers, one step per generated token."""
+"""A fault-tolerant inference session: attention caches held along a chain of servers, one step per token.
+
+This is the paper's Algorithm 1. The client remembers, for every span of the chain, each input it sent there
+and at which position. When a server fails (its connection drops, it errors, or a step gets no answer within
+the step timeout), the client bans it, finds a new chain for just that span's blocks, replays the remembered
+inputs at their original positions so the new servers rebuild the same attention caches, and goes on with the
+step. Replayed steps keep their original shapes (one message per original step), so the new servers compute
+bit for bit what the old one did and the generated tokens are the same as without the failure.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+import time
+from dataclasses import dataclass, field
 
 import torch
 from hivemind.p2p import P2P, PeerID
+from hivemind.proto import runtime_pb2
 
 from engine import wire
-from engine.client.routing import Hop, make_route
+from engine.client.router import RetryBudget, is_server_fault
+from engine.client.routing import Hop, MissingBlocksError
 from engine.client.swarm import SwarmConnection
 from engine.server.handler import BlockServicer
 
+logger = logging.getLogger(__name__)
+
+# hivemind's protocol name of the server's stream RPC; the stream is spoken at the framing level (see SpanStream)
+INFERENCE_PROTOCOL = BlockServicer._get_handle_name(None, "rpc_inference")
+
+History = list[tuple[int, torch.Tensor]]  # (position, hidden states) of every step sent to a span
+
 
 class SpanStream:
-    """An open inference stream to one server, for blocks [hop.start, hop.end)."""
+    """An open inference stream to one server, for blocks [hop.start, hop.end).
 
-    def __init__(self, hop: Hop, queue: asyncio.Queue, responses: AsyncIterator):
-        self.hop, self._queue, self._responses = hop, queue, responses
+    It reads and writes hivemind's stream framing itself instead of going through a stub: a stub's response
+    iterator waits for its request iterator to finish after the connection drops, which would turn every dead
+    server into a step timeout; here a closed connection is a ``ConnectionError`` at once. It also lets a replay
+    send all its steps before reading the first answer.
+    """
+
+    def __init__(self, hop: Hop, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.hop, self._reader, self._writer = hop, reader, writer
 
     @classmethod
-    async def open(cls, p2p: P2P, hop: Hop, batch_size: int, max_length: int, timeout: float) -> SpanStream:
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def outgoing() -> AsyncIterator:
-            while (message := await queue.get()) is not None:
-                yield message
-
-        queue.put_nowait(wire.request(start=hop.start, end=hop.end, batch_size=batch_size, max_length=max_length))
-        stub = BlockServicer.get_stub(p2p, PeerID.from_base58(hop.peer_id))
-        responses = await asyncio.wait_for(stub.rpc_inference(outgoing()), timeout)
-        stream = cls(hop, queue, responses)
-        await stream._receive(timeout)  # the server's acknowledgement, or its reason to refuse
+    async def open(
+        cls,
+        p2p: P2P,
+        hop: Hop,
+        batch_size: int,
+        max_length: int,
+        timeout: float,
+        adapter: str | None = None,
+        prompts: torch.Tensor | None = None,
+    ) -> SpanStream:
+        """Open the session on the server; ``adapter`` and the hop's slice of deep ``prompts`` apply to every step."""
+        async with asyncio.timeout(timeout):
+            _, reader, writer = await p2p.call_binary_stream_handler(
+                PeerID.from_base58(hop.peer_id), INFERENCE_PROTOCOL
+            )
+        stream = cls(hop, reader, writer)
+        try:
+            options = {} if adapter is None else {"adapter": adapter}
+            tensors = [] if prompts is None else [prompts[hop.start : hop.end]]
+            await stream._send(
+                wire.request(
+                    tensors, start=hop.start, end=hop.end, batch_size=batch_size, max_length=max_length, **options
+                )
+            )
+            await stream._receive(timeout)  # the server's acknowledgement, or its reason to refuse
+        except BaseException:
+            stream.abort()
+            raise
         return stream
+
+    @property
+    def name(self) -> str:
+        return f"server {self.hop.peer_id[-8:]}"
+
+    async def _send(self, message: runtime_pb2.ExpertRequest) -> None:
+        await P2P.send_protobuf(message, self._writer)
 
     async def _receive(self, timeout: float) -> list[torch.Tensor]:
         try:
-            message = await asyncio.wait_for(anext(self._responses), timeout)
-        except StopAsyncIteration:
-            raise ConnectionError(f"server {self.hop.peer_id[-8:]} closed the session") from None
-        tensors, _ = wire.unpack_response(message, self.hop.peer_id)
-        return tensors
+            async with asyncio.timeout(timeout):
+                message, error = await P2P.receive_protobuf(runtime_pb2.ExpertResponse, self._reader)
+        except asyncio.IncompleteReadError:
+            raise ConnectionError(f"{self.name} closed the session") from None
+        except TimeoutError:
+            raise TimeoutError(f"{self.name} did not answer within {timeout:g} s") from None
+        if error is not None:
+            raise ConnectionError(f"{self.name} failed: {error.message}")
+        try:
+            return wire.unpack_response(message, self.hop.peer_id)[0]
+        except wire.BadRequest as error:  # garbage from the server is the server's fault: try another one
+            raise ConnectionError(f"{self.name} sent a malformed answer: {error}") from None
 
-    async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
-        self._queue.put_nowait(wire.request([hidden], position=position))
-        tensors = await self._receive(timeout)
+    def _output(self, tensors: list[torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
         if len(tensors) != 1 or tensors[0].shape != hidden.shape:
-            raise ConnectionError(f"server {self.hop.peer_id[-8:]} answered a step with a malformed tensor")
+            raise ConnectionError(f"{self.name} answered a step with a malformed tensor")
         return tensors[0]
 
+    async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
+        await self._send(wire.request([hidden], position=position))
+        return self._output(await self._receive(timeout), hidden)
+
+    async def replay(self, history: History, timeout: float) -> list[torch.Tensor]:
+        """Send every remembered step at once and collect the outputs; the server rebuilds its cache on the way.
+
+        Sending runs beside receiving, so a long history cannot fill both directions' buffers and deadlock.
+        """
+
+        async def send_all() -> None:
+            for position, hidden in history:
+                await self._send(wire.request([hidden], position=position))
+
+        sender = asyncio.create_task(send_all())
+        try:
+            outputs = [self._output(await self._receive(timeout), hidden) for _, hidden in history]
+            await sender
+        finally:
+            sender.cancel()
+        return outputs
+
     async def close(self) -> None:
-        self._queue.put_nowait(None)
-        aclose = getattr(self._responses, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):  # the stream may already be broken; closing must not fail
-                await aclose()
+        """End the session politely (the server frees its cache at once); never fails."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await P2P.send_protobuf(P2P.END_OF_STREAM, self._writer)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection without a word (a failed server); the server frees the session when it notices."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+
+def merge_steps(history: History, max_bytes: int = wire.MAX_MESSAGE_BYTES // 8) -> History:
+    """Consecutive steps joined into as few steps as fit in ``max_bytes`` each (for a batched replay)."""
+    merged: History = []
+    for position, hidden in history:
+        if merged:
+            start, joined = merged[-1]
+            if start + joined.shape[1] == position and (joined.nbytes + hidden.nbytes) <= max_bytes:
+                merged[-1] = (start, torch.cat([joined, hidden], dim=1))
+                continue
+        merged.append((position, hidden))
+    return merged
+
+
+@dataclass
+class _Span:
+    stream: SpanStream
+    history: History = field(default_factory=list)
+
+    @property
+    def hop(self) -> Hop:
+        return self.stream.hop
 
 
 class InferenceSession:
-    """Runs the remote blocks one step at a time, keeping each server's cache between steps.
+    """Runs the remote blocks one step at a time, keeping each server's cache between steps, surviving failures.
 
-    ``step`` is blocking and meant for the caller's thread; the network work runs on the swarm loop.
+    ``step`` is blocking and meant for the caller's thread; the network work runs on the swarm loop. A step
+    survives up to ``max_retries`` server failures; after that, or when no server holds some blocks, it raises
+    ``MissingBlocksError`` naming those blocks.
     """
 
     def __init__(
@@ -71,39 +176,28 @@ class InferenceSession:
         num_blocks: int,
         max_length: int,
         batch_size: int = 1,
-        step_timeout: float = 60.0,
+        step_timeout: float | None = None,
+        max_retries: int | None = None,
+        adapter: str | None = None,
+        prompts: torch.Tensor | None = None,
     ):
         self.swarm = swarm
+        self.adapter = adapter  # LoRA adapter of the whole session (None: the base model)
+        self.prompts = prompts  # deep prompts (blocks, batch, prefix, hidden); servers add them at every step
+        self.router = swarm.router
         self.num_blocks = num_blocks
         self.max_length = max_length
         self.batch_size = batch_size
-        self.step_timeout = step_timeout
+        self.step_timeout = swarm.settings.step_timeout if step_timeout is None else step_timeout
+        self.max_retries = swarm.settings.max_retries if max_retries is None else max_retries
         self.position = 0
-        self.streams: list[SpanStream] = []
+        self.spans: list[_Span] = []
+        self.recoveries = 0  # how many times a failed span was replaced (diagnostics, benchmarks)
         self._closed = False
 
     @property
     def route(self) -> list[Hop]:
-        return [stream.hop for stream in self.streams]
-
-    async def _open(self) -> None:
-        blocks = await self.swarm.read_blocks(0, self.num_blocks)
-        route = make_route(blocks, 0, self.num_blocks)
-        self.streams = list(
-            await asyncio.gather(
-                *(
-                    SpanStream.open(self.swarm.p2p, hop, self.batch_size, self.max_length, self.step_timeout)
-                    for hop in route
-                )
-            )
-        )
-
-    async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
-        if not self.streams:
-            await self._open()
-        for stream in self.streams:
-            hidden = await stream.step(hidden, self.position, self.step_timeout)
-        return hidden
+        return [span.hop for span in self.spans]
 
     def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Send new tokens' hidden states (batch, tokens, hidden) through all blocks; returns the outputs."""
@@ -118,15 +212,125 @@ class InferenceSession:
         self.position += hidden.shape[1]
         return output
 
+    async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
+        budget = RetryBudget(self.max_retries)
+        if not self.spans:
+            self.spans = await self._build(0, self.num_blocks, [], budget)
+        position, index = self.position, 0
+        while index < len(self.spans):
+            span = self.spans[index]
+            try:
+                output = await span.stream.step(hidden, position, self.step_timeout)
+            except Exception as error:
+                if not is_server_fault(error):
+                    raise
+                span.stream.abort()
+                self.router.failed(span.hop, error)
+                budget.spend(range(span.hop.start, span.hop.end), error)
+                began = time.perf_counter()
+                replacement = await self._build(span.hop.start, span.hop.end, span.history, budget)
+                self.spans[index : index + 1] = replacement
+                self.recoveries += 1
+                logger.info(
+                    "blocks %d:%d moved to %s in %.3f s, replaying %d steps",
+                    span.hop.start,
+                    span.hop.end,
+                    ", ".join(f"{new.hop.start}:{new.hop.end}@{new.hop.peer_id[-8:]}" for new in replacement),
+                    time.perf_counter() - began,
+                    len(span.history),
+                )
+                continue  # the same step, on the new span(s)
+            span.history.append((position, hidden))
+            hidden = output
+            index += 1
+        return hidden
+
+    async def _build(self, start: int, end: int, history: History, budget: RetryBudget) -> list[_Span]:
+        """Open a chain over [start, end) and replay ``history`` through it, retrying on other servers."""
+        excluded: set[str] = set()  # servers that refused this session (e.g. cache full): try the others
+        refusal: wire.RemoteError | None = None
+        while True:
+            try:
+                route = await self.router.inference_chain(
+                    start, end, self.batch_size * self.max_length, excluded, self.adapter
+                )
+            except MissingBlocksError:
+                if refusal is not None:
+                    raise refusal from None  # every server that holds the blocks refused: say why
+                raise
+            opened = await asyncio.gather(
+                *(
+                    SpanStream.open(
+                        self.swarm.p2p,
+                        hop,
+                        self.batch_size,
+                        self.max_length,
+                        self.step_timeout,
+                        self.adapter,
+                        self.prompts,
+                    )
+                    for hop in route
+                ),
+                return_exceptions=True,
+            )
+            streams = [stream for stream in opened if isinstance(stream, SpanStream)]
+            failures = [
+                (hop, error) for hop, error in zip(route, opened, strict=True) if isinstance(error, BaseException)
+            ]
+            if failures:
+                for stream in streams:
+                    await stream.close()
+                for hop, error in failures:
+                    if isinstance(error, wire.RemoteError) and not error.unavailable:
+                        excluded.add(hop.peer_id)
+                        refusal = error
+                    elif is_server_fault(error):
+                        self.router.failed(hop, error)
+                        budget.spend(range(hop.start, hop.end), error)
+                    else:
+                        raise error
+                continue
+            spans = [_Span(stream) for stream in streams]
+            failure = await self._replay(spans, history)
+            if failure is not None:
+                for stream in streams:
+                    stream.abort()
+                hop, error = failure
+                if not is_server_fault(error):
+                    raise error
+                self.router.failed(hop, error)
+                budget.spend(range(hop.start, hop.end), error)
+                continue
+            for stream in streams:
+                self.router.served(stream.hop.peer_id)
+            return spans
+
+    async def _replay(self, spans: list[_Span], history: History) -> tuple[Hop, Exception] | None:
+        """Replay ``history`` through ``spans`` in order (each span's outputs are the next one's inputs).
+
+        Returns the hop that failed and its error, or None when every span has rebuilt its cache.
+        """
+        inputs = merge_steps(history) if self.swarm.settings.batched_replay else history
+        for span in spans:
+            span.history = list(inputs)
+            if not inputs:
+                continue
+            try:
+                outputs = await span.stream.replay(inputs, self.step_timeout)
+            except Exception as error:
+                return span.hop, error
+            inputs = [(position, output) for (position, _), output in zip(inputs, outputs, strict=True)]
+        return None
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self.streams and not self.swarm.loop.is_closed():
+        if self.spans and not self.swarm.loop.is_closed():
             self.swarm.run(self._close_streams(), timeout=10)
 
     async def _close_streams(self) -> None:
-        await asyncio.gather(*(stream.close() for stream in self.streams))
+        await asyncio.gather(*(span.stream.close() for span in self.spans))
 
     def __enter__(self) -> InferenceSession:
         return self

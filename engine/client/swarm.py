@@ -15,6 +15,8 @@ from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
 from engine import records
+from engine.client.config import ClientSettings
+from engine.client.router import Router
 from engine.records import ServerRecord
 from engine.wire import MAX_MESSAGE_BYTES
 
@@ -22,12 +24,20 @@ T = TypeVar("T")
 
 
 class SwarmConnection:
-    """Owns the background loop, the P2P daemon and the DHT node; close it (or use ``with``) to stop them."""
+    """Owns the background loop, the P2P daemon, the DHT node and the router (bans, pings) shared by every
+    session and forward/backward of this client; close it (or use ``with``) to stop them."""
 
-    def __init__(self, initial_peers: Sequence[str], dht_prefix: str, start_timeout: float = 60.0):
+    def __init__(
+        self,
+        initial_peers: Sequence[str],
+        dht_prefix: str,
+        start_timeout: float = 60.0,
+        settings: ClientSettings | None = None,
+    ):
         if not initial_peers:
             raise ValueError("give at least one initial peer (the address printed by `nectar dht` or a server)")
         self.dht_prefix = dht_prefix
+        self.settings = settings or ClientSettings()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="nectar-swarm", daemon=True)
         self._thread.start()
@@ -36,6 +46,7 @@ class SwarmConnection:
         except BaseException:
             self._stop_loop()
             raise
+        self.router = Router(self, self.settings)
 
     @staticmethod
     async def _start(initial_peers: list[str]) -> tuple[P2P, DHTNode]:
@@ -59,6 +70,7 @@ class SwarmConnection:
             self._stop_loop()
 
     async def _shutdown(self) -> None:
+        await self.router.close()
         await self.node.shutdown()
         await self.p2p.shutdown()
         # background tasks of the DHT node (refresh timers) would be destroyed pending when the loop stops

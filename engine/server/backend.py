@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.span import BlockSpan, SpanCache
+from engine.server.activations import ActivationStore, KeptForward, SavedBytes
+from engine.server.adapters import AdapterSet
 from engine.server.memory import CacheBudget
 from engine.wire import BadRequest
 
@@ -21,16 +23,28 @@ class Session:
     end: int
     cache: SpanCache
     nbytes: int
+    adapter: str | None = None
+    prompts: torch.Tensor | None = None  # deep prompts (blocks, batch, prefix, hidden) added at every step
 
 
 class SpanBackend:
     """The block span plus the limits every request is checked against before it reaches torch."""
 
-    def __init__(self, span: BlockSpan, budget: CacheBudget, max_session_length: int, max_request_tokens: int):
+    def __init__(
+        self,
+        span: BlockSpan,
+        budget: CacheBudget,
+        max_session_length: int,
+        max_request_tokens: int,
+        adapters: AdapterSet | None = None,
+        activations: ActivationStore | None = None,
+    ):
         self.span = span
         self.budget = budget
         self.max_session_length = max_session_length
         self.max_request_tokens = max_request_tokens
+        self.adapters = adapters if adapters is not None else AdapterSet(span)
+        self.activations = activations if activations is not None else ActivationStore(0)
         self.hidden_size = span.config.hidden_size
         self.kv_shape = span.family.kv_shape(span.config)
         self._ids = itertools.count()
@@ -57,12 +71,26 @@ class SpanBackend:
             raise BadRequest(f"{what} must have shape (batch, tokens, {self.hidden_size}), got {tuple(hidden.shape)}")
         return hidden.to(self.span.dtype)
 
-    def open_session(self, start: object, end: object, batch_size: object, max_length: object) -> Session:
+    def open_session(
+        self,
+        start: object,
+        end: object,
+        batch_size: object,
+        max_length: object,
+        adapter: object = None,
+        prompts: torch.Tensor | None = None,
+    ) -> Session:
+        """A session with its cache reserved; ``adapter`` and deep ``prompts`` apply to all of its steps."""
         start, end = self.check_range(start, end)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BadRequest(f"batch size must be a positive integer, got {batch_size!r}")
         if not isinstance(max_length, int) or not 1 <= max_length <= self.max_session_length:
             raise BadRequest(f"max length must be between 1 and {self.max_session_length}, got {max_length!r}")
+        adapter = self.adapters.check(adapter)
+        if prompts is not None:
+            prompts = self.check_prompts(prompts, torch.empty(batch_size, 1, self.hidden_size), start, end)
+            if prompts.shape[2] > max_length:
+                raise BadRequest(f"deep prompts cover {prompts.shape[2]} tokens, more than the session's {max_length}")
         nbytes = SpanCache.bytes_per_token(end - start, self.kv_shape, self.span.dtype) * batch_size * max_length
         self.budget.reserve(nbytes, f"a session of batch {batch_size} x {max_length} tokens on {end - start} blocks")
         try:
@@ -70,7 +98,7 @@ class SpanBackend:
         except BaseException:
             self.budget.release(nbytes)
             raise
-        return Session(next(self._ids), start, end, cache, nbytes)
+        return Session(next(self._ids), start, end, cache, nbytes, adapter, prompts)
 
     def close_session(self, session: Session) -> None:
         self.budget.release(session.nbytes)
@@ -92,8 +120,8 @@ class SpanBackend:
 
     def inference_step(self, session: Session, hidden: torch.Tensor, position: int) -> torch.Tensor:
         """Runs on the compute thread; the arguments were checked by ``check_step``."""
-        with torch.inference_mode():
-            return self.span(hidden, position, session.cache, session.start, session.end)
+        with torch.inference_mode(), self.adapters.use(session.adapter):
+            return self.span(hidden, position, session.cache, session.start, session.end, session.prompts)
 
     def check_batch(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.check_hidden(hidden)
@@ -115,19 +143,61 @@ class SpanBackend:
             )
         return prompts.to(self.span.dtype)
 
-    def forward(self, hidden: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.span(hidden, 0, None, start, end, prompts)
+    def check_keep(self, keep: object) -> str | None:
+        """A forward's or backward's ``keep`` id: the client's name for a forward whose backward will follow."""
+        if keep is None:
+            return None
+        if not isinstance(keep, str) or not 0 < len(keep) <= 128:
+            raise BadRequest(f"keep must be a string of at most 128 characters, got {keep!r}")
+        return keep
 
-    def backward(
-        self, hidden: torch.Tensor, grad_output: torch.Tensor, start: int, end: int, prompts: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        """Gradients for the inputs (and deep prompts), recomputing the forward pass: servers keep no activations."""
-        with torch.enable_grad():
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        prompts: torch.Tensor | None,
+        adapter: str | None = None,
+        keep: tuple[str, str] | None = None,
+    ) -> torch.Tensor:
+        """Outputs of blocks [start, end); with ``keep`` (client, id), the graph is kept for that backward."""
+        if keep is None or self.activations.max_bytes <= 0:
+            with torch.inference_mode(), self.adapters.use(adapter):
+                return self.span(hidden, 0, None, start, end, prompts)
+        counter = SavedBytes(self.span.parameters())
+        with torch.enable_grad(), self.adapters.use(adapter):
             hidden = hidden.detach().requires_grad_(True)
-            leaves = [hidden]
             if prompts is not None:
                 prompts = prompts.detach().requires_grad_(True)
-                leaves.append(prompts)
-            output = self.span(hidden, 0, None, start, end, prompts)
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                output = self.span(hidden, 0, None, start, end, prompts)
+        nbytes = counter.total + output.untyped_storage().nbytes()
+        kept = KeptForward(hidden, prompts, output, start, end, adapter, nbytes, self.activations.deadline())
+        self.activations.put(keep, kept)
+        return output.detach()
+
+    def backward(
+        self,
+        hidden: torch.Tensor,
+        grad_output: torch.Tensor,
+        start: int,
+        end: int,
+        prompts: torch.Tensor | None,
+        adapter: str | None = None,
+        keep: tuple[str, str] | None = None,
+    ) -> list[torch.Tensor]:
+        """Gradients for the inputs (and deep prompts): from the kept forward if there is one, else recomputed."""
+        kept = self.activations.pop(keep) if keep is not None else None
+        with torch.enable_grad():
+            if kept is not None and kept.matches(hidden, prompts, start, end, adapter):
+                leaves = [kept.inputs] if kept.prompts is None else [kept.inputs, kept.prompts]
+                output = kept.output
+            else:
+                with self.adapters.use(adapter):
+                    hidden = hidden.detach().requires_grad_(True)
+                    leaves = [hidden]
+                    if prompts is not None:
+                        prompts = prompts.detach().requires_grad_(True)
+                        leaves.append(prompts)
+                    output = self.span(hidden, 0, None, start, end, prompts)
             return list(torch.autograd.grad(output, leaves, grad_output.to(output.dtype)))

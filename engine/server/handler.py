@@ -7,8 +7,9 @@ only the request that broke a rule fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import AsyncIterator  # noqa: UP035 (hivemind detects streams by typing's alias, not collections.abc's)
 
 from hivemind.p2p import P2PContext, ServicerBase
@@ -31,29 +32,77 @@ class BlockServicer(ServicerBase):
         executor: PriorityExecutor,
         describe: Callable[[], dict],
         step_timeout: float = 300.0,
+        simulated_delay: float = 0.0,
     ):
         self.backend = backend
         self.executor = executor
         self.describe = describe
         self.step_timeout = step_timeout  # a silent client's session is closed after this many seconds
-        self.accepting = True  # False while draining: running sessions finish, new ones are refused
+        self.simulated_delay = simulated_delay  # seconds added to every answer: tests and simulations only
+        self.accepting = True  # False while draining: steps in flight finish, new work is refused as unavailable
         self.active_sessions = 0
+        self.steps_in_flight = 0  # inference steps, forwards and backwards accepted and not yet answered
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Counts a unit of work from its acceptance to its answer, so that draining can wait for it."""
+        self.steps_in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.steps_in_flight -= 1
+            if self.steps_in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking work and wait for the steps in flight; False if some were still running after ``timeout``."""
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _leaving(self) -> runtime_pb2.ExpertResponse:
+        return wire.error_response("server is leaving the swarm; use another server", unavailable=True)
+
+    async def _delay(self) -> None:
+        if self.simulated_delay > 0:
+            await asyncio.sleep(self.simulated_delay)
+
+    async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        """The cheapest answer, for clients measuring round trips."""
+        await self._delay()
+        return wire.response()
 
     async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        await self._delay()
         return wire.response(**self.describe())
 
     async def rpc_inference(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
-        """First message opens a session (start, end, batch_size, max_length); each later one is a step."""
+        """First message opens a session (start, end, batch_size, max_length, optional adapter; optional tensor:
+        deep prompts for its blocks); each later one is a step."""
         session = None
         try:
             first = await asyncio.wait_for(anext(requests), self.step_timeout)
             if not self.accepting:
-                raise BadRequest("server is leaving the swarm and takes no new sessions")
-            _, meta = wire.unpack(first)
+                yield self._leaving()
+                return
+            tensors, meta = wire.unpack(first)
+            if len(tensors) > 1:
+                raise BadRequest(f"a session request carries at most 1 tensor (deep prompts), got {len(tensors)}")
             session = self.backend.open_session(
-                meta.get("start"), meta.get("end"), meta.get("batch_size", 1), meta.get("max_length")
+                meta.get("start"),
+                meta.get("end"),
+                meta.get("batch_size", 1),
+                meta.get("max_length"),
+                meta.get("adapter"),
+                tensors[0] if tensors else None,
             )
             self.active_sessions += 1
             yield wire.response(session_id=session.session_id, max_length=session.cache.max_length)
@@ -70,8 +119,15 @@ class BlockServicer(ServicerBase):
                 except BadRequest as error:
                     yield wire.error_response(str(error))
                     continue
-                output = await self.executor.submit(INFERENCE, self.backend.inference_step, session, hidden, position)
-                yield wire.response([output], position=position)
+                if not self.accepting:  # draining: the client replays this session elsewhere
+                    yield self._leaving()
+                    return
+                with self._in_flight():
+                    output = await self.executor.submit(
+                        INFERENCE, self.backend.inference_step, session, hidden, position
+                    )
+                    await self._delay()
+                    yield wire.response([output], position=position)
         except StopAsyncIteration:
             return
         except TimeoutError:
@@ -84,15 +140,27 @@ class BlockServicer(ServicerBase):
                 self.backend.close_session(session)
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        """Tensors: hidden states, then optional deep prompts. Metadata: start, end, adapter, keep (see backward)."""
         try:
-            hidden, prompts, start, end = self._parse_batch(request, expected=(1, 2))
+            tensors, meta = wire.unpack(request)
+            hidden, prompts, start, end = self._parse_batch(request, expected=(1, 2), tensors=tensors, meta=meta)
+            adapter, keep = self._options(meta, context)
         except BadRequest as error:
             return wire.error_response(str(error))
-        output = await self.executor.submit(TRAINING, self.backend.forward, hidden, start, end, prompts)
-        return wire.response([output])
+        if not self.accepting:
+            return self._leaving()
+        with self._in_flight():
+            output = await self.executor.submit(
+                TRAINING, self.backend.forward, hidden, start, end, prompts, adapter, keep
+            )
+            await self._delay()
+            return wire.response([output])
 
     async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        """Tensors: hidden states, gradient of the output, then optional deep prompts."""
+        """Tensors: hidden states, gradient of the output, then optional deep prompts.
+
+        A ``keep`` id that names an earlier forward of this client lets the server reuse that forward's graph.
+        """
         try:
             tensors, meta = wire.unpack(request)
             if len(tensors) not in (2, 3):
@@ -100,6 +168,7 @@ class BlockServicer(ServicerBase):
                     f"backward takes hidden states, output gradients and optional prompts, got {len(tensors)}"
                 )
             hidden, prompts, start, end = self._parse_batch(request, expected=(2, 3), tensors=tensors, meta=meta)
+            adapter, keep = self._options(meta, context)
             grad_output = self.backend.check_hidden(tensors[1], "output gradients")
             if grad_output.shape != hidden.shape:
                 raise BadRequest(
@@ -107,8 +176,20 @@ class BlockServicer(ServicerBase):
                 )
         except BadRequest as error:
             return wire.error_response(str(error))
-        grads = await self.executor.submit(TRAINING, self.backend.backward, hidden, grad_output, start, end, prompts)
-        return wire.response(grads)
+        if not self.accepting:
+            return self._leaving()
+        with self._in_flight():
+            grads = await self.executor.submit(
+                TRAINING, self.backend.backward, hidden, grad_output, start, end, prompts, adapter, keep
+            )
+            await self._delay()
+            return wire.response(grads)
+
+    def _options(self, meta: dict, context: P2PContext) -> tuple[str | None, tuple[str, str] | None]:
+        """The request's adapter and its kept-forward key (scoped to the calling peer: ids are the client's)."""
+        adapter = self.backend.adapters.check(meta.get("adapter"))
+        keep = self.backend.check_keep(meta.get("keep"))
+        return adapter, (None if keep is None else (context.remote_id.to_base58(), keep))
 
     def _parse_batch(self, request, expected: tuple[int, int], tensors=None, meta=None):
         if tensors is None:

@@ -21,10 +21,19 @@ class CacheBudget:
     def reserve(self, nbytes: int, what: str) -> None:
         if nbytes > self.free:
             raise BadRequest(
-                f"{what} needs {nbytes / 2**20:.1f} MiB of attention cache but only "
-                f"{self.free / 2**20:.1f} of {self.capacity / 2**20:.1f} MiB are free; try a shorter max length"
+                f"{what} needs {format_bytes(nbytes)} of attention cache but only {format_bytes(self.free)} of "
+                f"{format_bytes(self.capacity)} are free; try a shorter max length"
             )
         self.used += nbytes
 
     def release(self, nbytes: int) -> None:
         self.used = max(0, self.used - nbytes)
+
+
+def format_bytes(nbytes: float) -> str:
+    """1536 -> '1.5 KiB': small budgets (tests, tiny models) must not read as '0.0 MiB'."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(nbytes) < 1024:
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"

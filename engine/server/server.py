@@ -6,21 +6,26 @@ import asyncio
 import dataclasses
 import logging
 import signal
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
-from engine import records
-from engine.models.span import BlockSpan, load_span
+from engine.models.registry import get_family
 from engine.records import ServerRecord, ServerState, default_dht_prefix
+from engine.server import placement
+from engine.server.activations import ActivationStore
+from engine.server.adapters import AdapterSet
 from engine.server.backend import SpanBackend
 from engine.server.executor import PriorityExecutor
 from engine.server.handler import BlockServicer
 from engine.server.memory import CacheBudget
+from engine.server.span_host import SpanHost
+from engine.server.span_size import choose_num_blocks
+from engine.server.throughput import NetworkProbe, announced_throughput, parse_throughput, server_throughput
 from engine.weights import resolve_model
 from engine.wire import MAX_MESSAGE_BYTES
 
@@ -36,7 +41,41 @@ class ServerSettings:
     model: str = field(metadata={"help": "model directory, .gguf file, cached repo id, or alias"})
     initial_peers: list[str] = field(default_factory=list, metadata={"help": "multiaddrs of DHT peers to join"})
     new_swarm: bool = field(default=False, metadata={"help": "start a new swarm instead of joining one"})
-    blocks: str | None = field(default=None, metadata={"help": "span to serve as START:END (default: all)"})
+    blocks: str | None = field(
+        default=None, metadata={"help": "span to serve as START:END (default: chosen by the server, see --num-blocks)"}
+    )
+    num_blocks: int | None = field(
+        default=None,
+        metadata={"help": "without --blocks: how many blocks to serve (default: as many as fit --memory-budget)"},
+    )
+    memory_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "GiB for blocks and attention caches when choosing --num-blocks (default: half the available "
+            "RAM on CPU, the free GPU memory on a GPU)"
+        },
+    )
+    throughput: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (measure once, then reuse the cached measurement), eval (measure now), or the number "
+            "of tokens/s this server adds to each of its blocks, announced as given"
+        },
+    )
+    balance_quality: float = field(
+        default=0.75,
+        metadata={
+            "help": "without --blocks: move only if that raises the swarm's bottleneck throughput above "
+            "current / q (or the bottleneck is below q x the mean); in (0, 1], 1 moves for any gain"
+        },
+    )
+    rebalance_period: float = field(
+        default=120.0, metadata={"help": "without --blocks: mean seconds between rebalancing checks (0: never move)"}
+    )
+    max_join_delay: float = field(
+        default=5.0,
+        metadata={"help": "without --blocks: longest random wait before choosing a span, so that joins spread"},
+    )
     port: int = field(default=0, metadata={"help": "TCP port to listen on (0: any free port)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda:0"})
@@ -50,6 +89,18 @@ class ServerSettings:
     step_timeout: float = field(default=300.0, metadata={"help": "seconds a session may stay silent"})
     num_threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)"})
     identity_path: str | None = field(default=None, metadata={"help": "private key file: a stable peer id"})
+    drain_timeout: float = field(
+        default=30.0, metadata={"help": "seconds a leaving server waits for the steps in flight before it exits"}
+    )
+    simulated_delay: float = field(
+        default=0.0, metadata={"help": "seconds added to every RPC answer; for testing and simulating slow links only"}
+    )
+    adapters: list[str] = field(
+        default_factory=list, metadata={"help": "PEFT LoRA adapter directories to serve (named by directory)"}
+    )
+    training_cache_mb: int = field(
+        default=1024, metadata={"help": "MiB of activations kept from a forward for its backward (0: recompute)"}
+    )
 
 
 def parse_blocks(text: str | None, total: int) -> tuple[int, int]:
@@ -73,40 +124,30 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def measure_speed(span: BlockSpan) -> tuple[float, float]:
-    """Quick one-off speed of the span: (one-token inference steps/s per block, forward tokens/s per block)."""
-    blocks = span.end - span.start
-    cache = span.new_cache(span.start, span.end, 1, 8)
-    hidden = torch.zeros(1, 1, span.config.hidden_size, dtype=span.dtype, device=span.device)
-    batch = torch.zeros(1, 128, span.config.hidden_size, dtype=span.dtype, device=span.device)
-    with torch.inference_mode():
-        span(hidden, 0, cache)  # warm-up
-        began = time.perf_counter()
-        for position in range(1, 5):
-            span(hidden, position, cache)
-        step = (time.perf_counter() - began) / 4
-        began = time.perf_counter()
-        span(batch)
-        forward = time.perf_counter() - began
-    return blocks / max(step, 1e-9), 128 * blocks / max(forward, 1e-9)
-
-
 async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then announce leaving, let running steps finish, and exit."""
     if not settings.new_swarm and not settings.initial_peers:
         raise ValueError("give --initial-peers ADDR to join a swarm, or --new-swarm to start one")
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    placement.check_settings(settings)
+    mode = parse_throughput(settings.throughput)
     source = resolve_model(settings.model)
     config = source.config
-    start, end = parse_blocks(settings.blocks, config.num_hidden_layers)
+    total = config.num_hidden_layers
+    placement.check_num_blocks(settings.num_blocks, total)
     dtype = resolve_dtype(settings.dtype, settings.device)
     prefix = settings.dht_prefix or default_dht_prefix(settings.model)
-    span = await asyncio.to_thread(load_span, source, start, end, dtype, settings.device)
-    max_length = min(settings.max_session_length, span.family.max_context(config))
-    per_token = span.new_cache(start, end, 1, 1).bytes_per_token(end - start, span.family.kv_shape(config), dtype)
-    backend = SpanBackend(span, CacheBudget(settings.cache_tokens * per_token), max_length, settings.max_request_tokens)
-    inference_rps, throughput = await asyncio.to_thread(measure_speed, span)
+    if settings.blocks is not None:
+        start, end = parse_blocks(settings.blocks, total)
+        length = end - start
+    else:
+        length = settings.num_blocks or choose_num_blocks(
+            config, dtype, settings.device, settings.memory_budget, settings.cache_tokens, settings.max_request_tokens
+        )
+    max_length = min(settings.max_session_length, get_family(config).max_context(config))
+    activations = ActivationStore(settings.training_cache_mb * 2**20)
+    rng = np.random.default_rng()
 
     p2p = await P2P.create(
         initial_peers=settings.initial_peers,
@@ -115,58 +156,151 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
         persistent_conn_max_msg_size=MAX_MESSAGE_BYTES,
     )
     node = await DHTNode.create(p2p=p2p, initial_peers=settings.initial_peers, client_mode=False)
-    executor = PriorityExecutor()
-    state = {"value": ServerState.ONLINE}
+    me = p2p.peer_id.to_base58()
+    state = {"value": ServerState.JOINING}
+    host: SpanHost | None = None
 
-    def record() -> ServerRecord:
+    def make_backend(span, budget: CacheBudget) -> SpanBackend:
+        adapters = AdapterSet(span)
+        for path in settings.adapters:
+            logger.info("loaded adapter %s", adapters.load(path))
+        return SpanBackend(span, budget, max_length, settings.max_request_tokens, adapters, activations)
+
+    def make_record(span: tuple[int, int], new_state: ServerState) -> ServerRecord:
+        backend = host.switch if host is not None else None
         return ServerRecord(
-            peer_id=p2p.peer_id.to_base58(),
-            start=start,
-            end=end,
-            state=state["value"],
+            peer_id=me,
+            start=span[0],
+            end=span[1],
+            state=new_state,
             throughput=throughput,
-            inference_rps=inference_rps,
-            free_cache_tokens=backend.free_cache_tokens,
+            inference_rps=measured.inference_rps,
+            free_cache_tokens=backend.free_cache_tokens if backend is not None else 0,
             max_request_tokens=settings.max_request_tokens,
             dtype=str(dtype).removeprefix("torch."),
+            adapters=tuple(backend.adapters.names) if backend is not None else (),
         )
+
+    async def announce_forever() -> None:
+        while True:
+            await host.announce()
+            await asyncio.sleep(settings.announce_period)
+
+    announcer: asyncio.Task | None = None
+    try:
+        await NetworkProbe().add_p2p_handlers(p2p)
+        measured = await server_throughput(
+            mode,
+            source,
+            dtype,
+            settings.device,
+            p2p,
+            lambda: placement.peers_in_swarm(node, prefix, total, me, rng),
+        )
+        throughput = announced_throughput(mode, measured, length)
+        if settings.blocks is None:
+            delay = 0.0 if settings.new_swarm else settings.max_join_delay
+            start = await placement.join_start(node, prefix, total, length, throughput, me, delay, rng)
+            end = start + length
+        host = SpanHost(
+            source,
+            dtype,
+            settings.device,
+            (start, end),
+            settings.cache_tokens,
+            make_backend,
+            make_record,
+            lambda: state["value"],
+            node,
+            prefix,
+            settings.record_ttl,
+        )
+        announcer = asyncio.create_task(announce_forever())  # joining: others count this span while it loads
+        backend = await host.load()
+    except BaseException:
+        if announcer is not None:
+            announcer.cancel()
+        await node.shutdown()
+        await p2p.shutdown()
+        raise
+    state["value"] = ServerState.ONLINE
+    await host.announce()
+    executor = PriorityExecutor()
+
+    def record() -> ServerRecord:
+        return make_record((host.start, host.end), state["value"])
 
     def describe() -> dict:
         return {**record().to_dict(), "model": prefix, "max_session_length": max_length}
 
-    servicer = BlockServicer(backend, executor, describe, settings.step_timeout)
+    servicer = BlockServicer(backend, executor, describe, settings.step_timeout, settings.simulated_delay)
     await servicer.add_p2p_handlers(p2p)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    async def announce_forever() -> None:
-        while True:
-            await records.announce(node, prefix, record(), settings.record_ttl)
-            await asyncio.sleep(settings.announce_period)
+    async def announce_now() -> None:
+        await host.announce()
 
-    announcer = asyncio.create_task(announce_forever())
+    rebalancer = None
+    if settings.blocks is None and settings.rebalance_period > 0 and length < total:
+
+        async def move(new_start: int) -> None:
+            await host.move_to(new_start, lambda leaving: placement.can_leave(node, prefix, total, me, leaving))
+
+        rebalancer = asyncio.create_task(
+            placement.rebalance_forever(
+                node, prefix, total, host.span_info, move, settings.rebalance_period, settings.balance_quality, rng
+            )
+        )
     maddrs = [str(addr) for addr in await p2p.get_visible_maddrs()]
-    info = {"peer_id": p2p.peer_id.to_base58(), "blocks": [start, end], "maddrs": maddrs, "dht_prefix": prefix}
-    logger.info("serving blocks %d:%d of %s as %s", start, end, prefix, info["peer_id"])
+    info = {"peer_id": me, "blocks": [host.start, host.end], "maddrs": maddrs, "dht_prefix": prefix}
+    logger.info("serving blocks %d:%d of %s as %s", host.start, host.end, prefix, me)
     if on_ready is not None:
         on_ready(info)
     try:
         await stop.wait()
     finally:
-        logger.info("leaving: announcing and finishing %d running sessions", servicer.active_sessions)
-        servicer.accepting = False
-        state["value"] = ServerState.OFFLINE
         announcer.cancel()
-        try:
-            await asyncio.wait_for(records.announce(node, prefix, record(), settings.record_ttl), 5)
-        except Exception as error:  # leaving must not hang on an unreachable DHT
-            logger.warning("could not announce leaving: %s", error)
+        if rebalancer is not None:
+            rebalancer.cancel()
+        await _leave(servicer, settings, lambda new_state: state.update(value=new_state), announce_now)
         await servicer.remove_p2p_handlers(p2p)
         executor.shutdown()
         await node.shutdown()
         await p2p.shutdown()
+
+
+async def _leave(
+    servicer: BlockServicer,
+    settings: ServerSettings,
+    set_state: Callable[[ServerState], None],
+    announce_now: Callable[[], Awaitable[None]],
+) -> None:
+    """Leave without dropping work: refuse new work, say so in the DHT, finish the steps in flight, say goodbye.
+
+    Clients see ``draining`` and stop routing here; a client whose session was here gets an "unavailable" answer
+    to its next step and replays its session elsewhere. ``offline`` makes clients forget this server at once.
+    """
+    logger.info("leaving: %d sessions open, %d steps in flight", servicer.active_sessions, servicer.steps_in_flight)
+    servicer.accepting = False
+    set_state(ServerState.DRAINING)
+    await _announce_or_warn(announce_now, "draining")
+    if not await servicer.drain(settings.drain_timeout):
+        logger.warning(
+            "%d steps still run after %.0f s; leaving anyway", servicer.steps_in_flight, settings.drain_timeout
+        )
+    await asyncio.sleep(0.2)  # the last answers are written after their handlers return: let them go out
+    set_state(ServerState.OFFLINE)
+    await _announce_or_warn(announce_now, "offline")
+
+
+async def _announce_or_warn(announce_now: Callable[[], Awaitable[None]], what: str) -> None:
+    try:
+        await asyncio.wait_for(announce_now(), 5)
+    except Exception as error:  # leaving must not hang on an unreachable DHT
+        logger.warning("could not announce %s: %s", what, error)
 
 
 def settings_fields() -> list[dataclasses.Field]:

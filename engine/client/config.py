@@ -1,0 +1,54 @@
+"""The client's knobs, declared once: timeouts, retries, bans and pings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ClientSettings:
+    """How a client waits for, gives up on and measures servers. Every time is in seconds."""
+
+    step_timeout: float = field(
+        default=60.0,
+        metadata={"help": "seconds without an answer to an inference step before its server counts as failed"},
+    )
+    request_timeout: float = field(
+        default=120.0,
+        metadata={"help": "seconds one forward or backward request may take before its server counts as failed"},
+    )
+    max_retries: int = field(
+        default=5,
+        metadata={"help": "server failures one step (or forward/backward) survives before the error surfaces"},
+    )
+    ban_base: float = field(default=15.0, metadata={"help": "seconds a server that failed is avoided, the first time"})
+    ban_max: float = field(
+        default=600.0, metadata={"help": "longest ban; each failure in a row doubles it from ban-base up to this"}
+    )
+    ping_period: float = field(default=30.0, metadata={"help": "seconds between background pings of known servers"})
+    ping_timeout: float = field(
+        default=2.0, metadata={"help": "seconds a ping may take; an unanswered ping counts as this round trip"}
+    )
+    rtt_smoothing: float = field(
+        default=0.3, metadata={"help": "weight of the newest ping in the smoothed round trip (0-1]"}
+    )
+    dht_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a fresh DHT read may take before the last view is used instead"}
+    )
+    batched_replay: bool = field(
+        default=False,
+        metadata={
+            "help": "after a failure, replay a session's history in a few large steps instead of step by step: "
+            "much faster recovery of long sessions, but outputs may then differ from a run without failure in the "
+            "last bits (and, rarely, a token)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("step_timeout", "request_timeout", "ban_base", "ban_max", "ping_period", "ping_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max retries must be 0 or more, got {self.max_retries}")
+        if not 0 < self.rtt_smoothing <= 1:
+            raise ValueError(f"rtt smoothing must be in (0, 1], got {self.rtt_smoothing}")

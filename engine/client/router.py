@@ -1,0 +1,152 @@
+"""The stateful side of routing for one swarm connection: fresh DHT views, bans and measured round trips.
+
+``routing.py`` decides; this module gathers what the decisions need, on the swarm loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError
+
+from engine.client.bans import BanList
+from engine.client.config import ClientSettings
+from engine.client.pinger import Pinger
+from engine.client.routing import (
+    Hop,
+    MissingBlocksError,
+    inference_route,
+    make_route,
+    missing_blocks,
+    serving_adapter,
+)
+from engine.records import ServerRecord, ServerState, spans_of
+from engine.wire import RemoteError
+
+if TYPE_CHECKING:
+    from engine.client.swarm import SwarmConnection
+
+logger = logging.getLogger(__name__)
+
+# What a broken, hanging or leaving server looks like to a client. A RemoteError is the server's verdict on the
+# request (the client's fault) unless the server says it is unavailable (full, leaving).
+_TRANSPORT_ERRORS = (ConnectionError, TimeoutError, OSError, EOFError, P2PDaemonError, P2PHandlerError)
+
+
+def is_server_fault(error: BaseException) -> bool:
+    """True if another server may succeed where this one failed; False if the request itself was wrong."""
+    if isinstance(error, RemoteError):
+        return error.unavailable
+    return isinstance(error, _TRANSPORT_ERRORS)
+
+
+class Router:
+    """Chooses chains from a fresh DHT view, measured round trips and the ban list; one per ``SwarmConnection``."""
+
+    def __init__(self, swarm: SwarmConnection, settings: ClientSettings, rng: random.Random | None = None):
+        self.swarm, self.settings = swarm, settings
+        self.bans = BanList(settings.ban_base, settings.ban_max)
+        self.pinger = Pinger(swarm.p2p, settings.ping_period, settings.ping_timeout, settings.rtt_smoothing)
+        self.rng = rng or random.Random()
+        self._last_view: dict[int, list[ServerRecord]] = {}
+
+    async def view(self, start: int, end: int) -> dict[int, list[ServerRecord]]:
+        """Records of blocks [start, end) read afresh from the DHT; the last view if the DHT does not answer in time."""
+        self.pinger.start()
+        try:
+            blocks = await asyncio.wait_for(self.swarm.read_blocks(start, end), self.settings.dht_timeout)
+        except TimeoutError:
+            logger.warning("the DHT did not answer in %.0f s; routing from the last view", self.settings.dht_timeout)
+            blocks = {index: self._last_view.get(index, []) for index in range(start, end)}
+        self._last_view.update(blocks)
+        self.pinger.peers = set(spans_of(self._last_view))
+        return blocks
+
+    async def inference_chain(
+        self, start: int, end: int, cache_tokens: int, excluded: set[str], adapter: str | None = None
+    ) -> list[Hop]:
+        """Lowest-latency chain over [start, end) for a session needing ``cache_tokens`` tokens of cache per server."""
+        blocks = self._with_adapter(await self.view(start, end), start, end, adapter)
+        banned = self.bans.banned()
+        candidates = {
+            record.peer_id
+            for records in blocks.values()
+            for record in records
+            if record.state == ServerState.ONLINE and record.peer_id not in excluded and record.peer_id not in banned
+        }
+        await self.pinger.measure_unknown(candidates)
+        return inference_route(
+            blocks,
+            start,
+            end,
+            self.pinger.estimates(),
+            default_rtt=self.settings.ping_timeout,
+            banned=banned,
+            excluded=excluded,
+            cache_tokens=cache_tokens,
+        )
+
+    async def training_chain(self, start: int, end: int, adapter: str | None = None) -> list[Hop]:
+        """A chain over [start, end) for forward/backward: load spread by throughput, banned servers last."""
+        blocks = self._with_adapter(await self.view(start, end), start, end, adapter)
+        banned = self.bans.banned()
+        try:
+            return make_route(blocks, start, end, banned, self.rng)
+        except MissingBlocksError:
+            if not banned:
+                raise
+            return make_route(blocks, start, end, (), self.rng)  # only banned servers left: better than nothing
+
+    @staticmethod
+    def _with_adapter(
+        blocks: dict[int, list[ServerRecord]], start: int, end: int, adapter: str | None
+    ) -> dict[int, list[ServerRecord]]:
+        """Only servers that hold LoRA ``adapter``; says so when it is the adapter that leaves blocks uncovered."""
+        serving = serving_adapter(blocks, adapter)
+        if adapter is not None and not missing_blocks(blocks, start, end):
+            missing = missing_blocks(serving, start, end)
+            if missing:
+                raise MissingBlocksError(missing, f"no server there serves adapter {adapter!r}")
+        return serving
+
+    def failed(self, hop: Hop, error: BaseException) -> None:
+        """Ban a server that failed (connection lost, timeout, unavailable)."""
+        duration = self.bans.ban(hop.peer_id)
+        self.pinger.record_failure(hop.peer_id)  # still avoided after the ban, until it answers a ping again
+        logger.warning(
+            "server %s failed on blocks %d:%d (%s); avoiding it for %.3g s",
+            hop.peer_id[-8:],
+            hop.start,
+            hop.end,
+            describe_error(error),
+            duration,
+        )
+
+    def served(self, peer: str) -> None:
+        self.bans.forgive(peer)
+
+    async def close(self) -> None:
+        await self.pinger.stop()
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class RetryBudget:
+    """How many server failures one operation (a step, a forward, a backward) may still survive."""
+
+    def __init__(self, retries: int):
+        self.left = retries
+
+    def spend(self, blocks: range, error: BaseException) -> None:
+        """Count one failure; raises once the budget is exhausted, naming the blocks that could not be served."""
+        if self.left <= 0:
+            raise MissingBlocksError(
+                list(blocks), f"servers kept failing (last: {describe_error(error)}); retries exhausted"
+            ) from error
+        self.left -= 1

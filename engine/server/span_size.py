@@ -1,0 +1,100 @@
+"""How many blocks a server serves when it is not told: as many as fit its memory, with room for attention caches.
+
+The memory a block costs is its weights plus its share of the attention-cache budget (``cache_tokens`` tokens of
+keys and values on each block of the span). A fixed working reserve is kept for activations of the largest request.
+On CPU the budget is a RAM limit (``--memory-budget`` GiB, or a fraction of the RAM available now); on a GPU it is
+the free GPU memory (capped by ``--memory-budget`` when given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+import torch
+from transformers import PretrainedConfig
+
+from engine.models.registry import get_family
+from engine.models.span import SpanCache
+
+GIB = 2**30
+# Share of the RAM available at start that a CPU server takes when no budget is given: the rest stays with the
+# volunteer's own programs and the OS page cache.
+DEFAULT_RAM_FRACTION = 0.5
+# GPU memory left untouched for the CUDA context, allocator fragmentation and other processes' small allocations.
+GPU_HEADROOM_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """Bytes one block of the span takes: weights, its slice of the cache budget, and the shared working reserve."""
+
+    weight_bytes: int
+    cache_bytes: int
+    reserve_bytes: int
+
+    @property
+    def per_block(self) -> int:
+        return self.weight_bytes + self.cache_bytes
+
+
+def block_weight_bytes(config: PretrainedConfig, dtype: torch.dtype) -> int:
+    """Parameter and buffer bytes of one block in ``dtype``, counted on the meta device (nothing is allocated)."""
+    family = get_family(config)
+    with torch.device("meta"):
+        layer = family.make_layer(config, 0)
+    size = torch.empty((), dtype=dtype).element_size()
+    tensors = [*layer.parameters(), *layer.buffers()]
+    return sum(tensor.numel() * (size if tensor.is_floating_point() else tensor.element_size()) for tensor in tensors)
+
+
+def block_cost(config: PretrainedConfig, dtype: torch.dtype, cache_tokens: int, max_request_tokens: int) -> BlockCost:
+    """The memory model of one block: weights, ``cache_tokens`` tokens of keys and values, and a working reserve.
+
+    The reserve holds the activations of one request of ``max_request_tokens`` tokens through a block (input and
+    output hidden states plus the MLP's three intermediate tensors); it is paid once, not per block.
+    """
+    family = get_family(config)
+    size = torch.empty((), dtype=dtype).element_size()
+    cache = SpanCache.bytes_per_token(1, family.kv_shape(config), dtype) * cache_tokens
+    reserve = max_request_tokens * (2 * config.hidden_size + 3 * config.intermediate_size) * size
+    return BlockCost(block_weight_bytes(config, dtype), cache, reserve)
+
+
+def blocks_that_fit(budget_bytes: int, cost: BlockCost, total_blocks: int) -> int:
+    """How many blocks (at most ``total_blocks``) fit ``budget_bytes``; a one-line ValueError if not even one does."""
+    if total_blocks < 1:
+        raise ValueError(f"the model must have at least one block, got {total_blocks}")
+    fit = (budget_bytes - cost.reserve_bytes) // cost.per_block if budget_bytes > cost.reserve_bytes else 0
+    if fit < 1:
+        need = (cost.reserve_bytes + cost.per_block) / GIB
+        raise ValueError(
+            f"memory budget of {budget_bytes / GIB:.2f} GiB holds no block: one block with its attention cache and "
+            f"working memory needs {need:.2f} GiB; raise --memory-budget or lower --cache-tokens"
+        )
+    return int(min(fit, total_blocks))
+
+
+def memory_budget_bytes(device: str, budget_gib: float | None) -> int:
+    """Bytes this server may use for blocks and caches on ``device``."""
+    limit = None if budget_gib is None else int(budget_gib * GIB)
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        free = max(0, free - GPU_HEADROOM_BYTES)
+        return free if limit is None else min(free, limit)
+    if limit is not None:
+        return limit
+    return int(psutil.virtual_memory().available * DEFAULT_RAM_FRACTION)
+
+
+def choose_num_blocks(
+    config: PretrainedConfig,
+    dtype: torch.dtype,
+    device: str,
+    budget_gib: float | None,
+    cache_tokens: int,
+    max_request_tokens: int,
+) -> int:
+    """The span length a server without ``--num-blocks`` serves: as many blocks as its memory budget holds."""
+    cost = block_cost(config, dtype, cache_tokens, max_request_tokens)
+    return blocks_that_fit(memory_budget_bytes(device, budget_gib), cost, config.num_hidden_layers)

@@ -1,0 +1,130 @@
+"""What one process computes for the fine-tuning tests to compare the swarm against.
+
+Not a test module. The reference is transformers' own model of the checkpoint: the trainable prefix goes in
+front of ``inputs_embeds`` and each decoder layer gets its deep prompt added by a forward pre-hook, so nothing
+of the engine's span code is shared with what it is checked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from reference import layer_outputs, load_reference
+
+from engine.client.ptune import causal_lm_loss
+
+
+@contextmanager
+def deep_prompt_hooks(model, deep: torch.Tensor | None) -> Iterator[None]:
+    """Add ``deep[i]`` (batch, prefix, hidden) to the first prefix positions of decoder layer i's input."""
+    if deep is None:
+        yield
+        return
+
+    def hook(index: int):
+        def add(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            prefix = deep.shape[2]
+            hidden = torch.cat([hidden[:, :prefix] + deep[index], hidden[:, prefix:]], dim=1)
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        return add
+
+    handles = [
+        layer.register_forward_pre_hook(hook(index), with_kwargs=True) for index, layer in enumerate(model.model.layers)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def local_hidden(model, prefix: torch.Tensor, embeds: torch.Tensor, deep: torch.Tensor | None) -> torch.Tensor:
+    """Final hidden states before the norm, for the input tokens (prefix dropped), with autograd."""
+    captured: list[torch.Tensor] = []
+    handle = model.model.layers[-1].register_forward_hook(lambda module, args, output: captured.append(output))
+    inputs = torch.cat([prefix.expand(embeds.shape[0], -1, -1), embeds], dim=1)
+    try:
+        with deep_prompt_hooks(model, deep):
+            model(inputs_embeds=inputs, use_cache=False)
+    finally:
+        handle.remove()
+    output = captured[0][0] if isinstance(captured[0], tuple) else captured[0]
+    return output[:, prefix.shape[0] :]
+
+
+def local_lm_step(model, prefix, deep, embeds, labels) -> dict[str, torch.Tensor]:
+    """Loss and gradients of a prompt-tuning LM step in one process (``deep`` is (blocks, prefix, hidden))."""
+    prefix = prefix.detach().clone().requires_grad_(True)
+    embeds = embeds.detach().clone().requires_grad_(True)
+    leaves = {"prefix": prefix, "inputs": embeds}
+    expanded = None
+    if deep is not None:
+        deep = deep.detach().clone().requires_grad_(True)
+        leaves["deep"] = deep
+        expanded = deep.unsqueeze(1).expand(-1, embeds.shape[0], -1, -1)
+    hidden = local_hidden(model, prefix, embeds, expanded)
+    loss = causal_lm_loss(model.lm_head(model.model.norm(hidden)), labels)
+    loss.backward()
+    return {"loss": loss.detach(), **{name: leaf.grad for name, leaf in leaves.items()}}
+
+
+class LocalModel(torch.nn.Module):
+    """``DistributedCausalLM``'s client interface with every block in this process (the engine's ``BlockSpan``).
+
+    For tests that exercise the fine-tuning modules without a swarm (saving, loading, data).
+    """
+
+    def __init__(self, path):
+        from transformers import AutoModelForCausalLM
+
+        from engine.models.span import load_span
+        from engine.weights import resolve_model
+
+        super().__init__()
+        source = resolve_model(str(path))
+        self.config = source.config
+        self.num_blocks = self.config.num_hidden_layers
+        reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.embed_tokens, self.norm = reference.model.embed_tokens, reference.model.norm
+        self.lm_head = reference.lm_head
+        self.span = load_span(source, 0, self.num_blocks, torch.float32)
+        self.requires_grad_(False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden))
+
+    def blocks(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, adapter: str | None = None):
+        return self.span(hidden, 0, None, None, None, prompts)
+
+
+def make_lora_adapter(checkpoint: Path, path: Path, seed: int = 0) -> Path:
+    """A random (non-zero) PEFT LoRA adapter on q, v, o and down projections, saved in PEFT's format."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+        init_lora_weights=False,
+        alpha_pattern={"down_proj": 16},
+    )
+    get_peft_model(load_reference(checkpoint), config).save_pretrained(path)
+    return path
+
+
+def peft_layer_outputs(checkpoint: Path, adapter_path: Path, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_reference(checkpoint), adapter_path).eval()
+    return layer_outputs(model.base_model.model, input_ids)[1]

@@ -1,0 +1,113 @@
+"""Helpers for tests that run real swarms: waiting for servers, and raw RPCs over a real client connection.
+
+Not a test module. Unlike ``InferenceSession``, ``RawStream`` sends any message (a malformed one included) and
+keeps the stream open after an error answer, as the server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import torch
+from hivemind.p2p import PeerID
+from hivemind.proto import runtime_pb2
+
+from agent.local_swarm import Child
+from engine import wire
+from engine.client.swarm import SwarmConnection
+from engine.records import ServerState
+from engine.server.handler import BlockServicer
+
+TIMEOUT = 60.0
+
+
+def wait_ready(children: Sequence[Child], timeout: float = 300.0) -> None:
+    """Until every child printed its READY line (servers started with ``LocalSwarm.add_server(wait=False)``)."""
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.ready_event.wait(max(0.0, deadline - time.monotonic()))
+        if child.ready is None:
+            raise RuntimeError(f"{child.name} did not start:\n{child.tail()}")
+
+
+def wait_covered(swarm: SwarmConnection, num_blocks: int, timeout: float = 60.0) -> None:
+    """Until every block has an online record: a server prints READY while its first announcement may be in flight."""
+    deadline = time.monotonic() + timeout
+    while True:
+        blocks = swarm.run(swarm.read_blocks(0, num_blocks), TIMEOUT)
+        if all(any(item.state == ServerState.ONLINE for item in items) for items in blocks.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"blocks never all announced: {blocks}")
+        time.sleep(0.5)
+
+
+def call(swarm: SwarmConnection, peer_id: str, method: str, message: runtime_pb2.ExpertRequest):
+    """One unary RPC (``rpc_forward``, ``rpc_backward``, ``rpc_info``); an error answer raises ``RemoteError``."""
+
+    async def run():
+        stub = BlockServicer.get_stub(swarm.p2p, PeerID.from_base58(peer_id))
+        return await getattr(stub, method)(message, timeout=TIMEOUT)
+
+    return wire.unpack_response(swarm.run(run(), TIMEOUT), peer_id)
+
+
+def forward(swarm: SwarmConnection, peer_id: str, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    tensors, _ = call(swarm, peer_id, "rpc_forward", wire.request([hidden], start=start, end=end))
+    return tensors[0]
+
+
+class RawStream:
+    """An inference stream to one server, driven one message at a time."""
+
+    def __init__(self, swarm: SwarmConnection, peer_id: str):
+        self.swarm, self.peer_id = swarm, peer_id
+        self._outgoing: asyncio.Queue | None = None
+        self._responses: AsyncIterator | None = None
+
+    def send(self, message: runtime_pb2.ExpertRequest) -> tuple[list[torch.Tensor], dict]:
+        """Send a message and wait for its answer; an error answer raises ``RemoteError``."""
+        return self.swarm.run(self._send(message), TIMEOUT)
+
+    def open(self, **metadata) -> dict:
+        return self.send(wire.request(**metadata))[1]
+
+    def step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        return self.send(wire.request([hidden], position=position))[0][0]
+
+    async def _send(self, message: runtime_pb2.ExpertRequest) -> tuple[list[torch.Tensor], dict]:
+        if self._outgoing is None:
+            self._outgoing = asyncio.Queue()
+            self._outgoing.put_nowait(message)
+            stub = BlockServicer.get_stub(self.swarm.p2p, PeerID.from_base58(self.peer_id))
+            self._responses = await stub.rpc_inference(self._messages())
+        else:
+            self._outgoing.put_nowait(message)
+        try:
+            answer = await asyncio.wait_for(anext(self._responses), TIMEOUT)
+        except StopAsyncIteration:
+            raise ConnectionError("the server closed the stream") from None
+        return wire.unpack_response(answer, self.peer_id)
+
+    async def _messages(self) -> AsyncIterator[runtime_pb2.ExpertRequest]:
+        while (message := await self._outgoing.get()) is not None:
+            yield message
+
+    def close(self) -> None:
+        if self._outgoing is None:
+            return
+        self.swarm.run(self._close(), TIMEOUT)
+
+    async def _close(self) -> None:
+        self._outgoing.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await self._responses.aclose()
+
+    def __enter__(self) -> RawStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,78 @@
+"""``engine.server.backend`` and ``memory``: request checks and the cache budget, in process (no transport)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.models.span import SpanCache, load_span
+from engine.server.backend import SpanBackend
+from engine.server.memory import CacheBudget, format_bytes
+from engine.weights import resolve_model
+from engine.wire import BadRequest
+
+
+@pytest.fixture
+def backend(tiny_checkpoints) -> SpanBackend:
+    span = load_span(resolve_model(tiny_checkpoints("llama")), 1, 3, torch.float32)
+    per_token = SpanCache.bytes_per_token(2, span.family.kv_shape(span.config), torch.float32)
+    return SpanBackend(span, CacheBudget(40 * per_token), max_session_length=32, max_request_tokens=64)
+
+
+def test_budget_reserves_releases_and_refuses_clearly() -> None:
+    budget = CacheBudget(3 * 2**20)
+    budget.reserve(2 * 2**20, "first")
+    assert budget.free == 2**20
+    with pytest.raises(BadRequest, match="second needs 1.5 MiB of attention cache but only 1.0 MiB of 3.0 MiB"):
+        budget.reserve(3 * 2**19, "second")
+    budget.release(2 * 2**20)
+    assert budget.free == budget.capacity
+    budget.release(5)  # an extra release never makes the budget larger than it is
+    assert budget.used == 0
+    with pytest.raises(ValueError, match="cache budget must be positive, got 0 bytes"):
+        CacheBudget(0)
+
+
+def test_format_bytes_keeps_small_budgets_readable() -> None:
+    assert [format_bytes(size) for size in (512, 1536, 5 * 2**20, 3 * 2**30)] == [
+        "512 B",
+        "1.5 KiB",
+        "5.0 MiB",
+        "3.0 GiB",
+    ]
+
+
+def test_sessions_take_and_return_cache(backend: SpanBackend) -> None:
+    assert backend.free_cache_tokens == 40
+    session = backend.open_session(None, None, 1, 32)
+    assert (session.start, session.end) == (1, 3) and backend.free_cache_tokens == 8
+    with pytest.raises(BadRequest, match="a session of batch 1 x 16 tokens on 2 blocks needs"):
+        backend.open_session(1, 3, 1, 16)
+    smaller = backend.open_session(2, 3, 1, 16)  # one block needs half as much per token
+    backend.close_session(session)
+    backend.close_session(smaller)
+    assert backend.free_cache_tokens == 40
+
+
+def test_steps_may_roll_back_but_not_skip(backend: SpanBackend) -> None:
+    session = backend.open_session(1, 3, 1, 8)
+    hidden, position = backend.check_step(session, torch.zeros(1, 5, 64), 0)
+    backend.inference_step(session, hidden, position)
+    assert session.cache.length == 5
+    assert backend.check_step(session, torch.zeros(1, 2, 64), 3)[1] == 3  # a replay from an earlier position
+    with pytest.raises(BadRequest, match="step position must be between 0 and 5 \\(tokens so far\\), got 6"):
+        backend.check_step(session, torch.zeros(1, 1, 64), 6)
+    with pytest.raises(BadRequest, match="step would reach 9 tokens, past the session's maximum length 8"):
+        backend.check_step(session, torch.zeros(1, 4, 64), 5)
+
+
+def test_request_checks(backend: SpanBackend) -> None:
+    with pytest.raises(BadRequest, match="blocks 0:3 are not within this server's blocks 1:3"):
+        backend.check_range(0, 3)
+    with pytest.raises(BadRequest, match="hidden states must be floating point, got torch.int32"):
+        backend.check_hidden(torch.zeros(1, 1, 64, dtype=torch.int32))
+    with pytest.raises(BadRequest, match="request carries 65 tokens, more than this server's limit of 64"):
+        backend.check_batch(torch.zeros(1, 65, 64))
+    assert backend.check_hidden(torch.zeros(1, 1, 64, dtype=torch.float16)).dtype == torch.float32
+    with pytest.raises(BadRequest, match="deep prompts must have shape \\(2, 1, prefix, 64\\), got \\(2, 1, 3\\)"):
+        backend.check_prompts(torch.zeros(2, 1, 3), torch.zeros(1, 4, 64), 1, 3)
