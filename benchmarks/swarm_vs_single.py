@@ -45,6 +45,7 @@ def measure_single(source, input_ids: list[int], new_tokens: int, repeats: int) 
 
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32).eval()
     ids = torch.tensor([input_ids])
+    model.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up, as the swarm gets one
     speeds, firsts = [], []
     for _ in range(repeats):
         stamps = _Timestamps()
@@ -90,7 +91,7 @@ def _forward_rates(forward, repeats: int) -> dict:
         batch = torch.randint(0, 1000, (batch_size, 128))
         forward(batch)  # warm-up
         seconds = []
-        for _ in range(repeats):
+        for _ in range(max(repeats, 5)):  # a forward is short: more samples steady the median
             began = time.perf_counter()
             forward(batch)
             seconds.append(time.perf_counter() - began)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -22,6 +23,19 @@ from engine.records import ServerState
 from engine.server.handler import BlockServicer
 
 TIMEOUT = 60.0
+
+
+class PreferPeer(random.Random):
+    """Routing randomness that takes ``peer`` whenever it is offered: makes the training route go through the
+    server the test is about to kill (``make_route`` draws among equivalent servers with ``rng.choices``)."""
+
+    def __init__(self, peer: str):
+        super().__init__(0)
+        self.peer = peer
+
+    def choices(self, population, weights=None, **kwargs):
+        preferred = [record for record in population if record.peer_id == self.peer]
+        return preferred[:1] or super().choices(population, weights=weights, **kwargs)
 
 
 def wait_ready(children: Sequence[Child], timeout: float = 300.0) -> None:

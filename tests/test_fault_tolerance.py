@@ -9,7 +9,6 @@ those of a run without failure: replayed steps keep their original positions and
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_checkpoint
+from swarm_helpers import PreferPeer
 
 from agent.local_swarm import LocalSwarm
 from engine import wire
@@ -207,19 +207,6 @@ def test_generation_survives_a_hanging_server_after_the_step_timeout(local_swarm
         assert step_times[KILL_AT] >= 2.0  # recovered by the step timeout, not by a closed connection
     finally:
         model.close()
-
-
-class PreferPeer(random.Random):
-    """Routing randomness that takes ``peer`` whenever it is offered: makes the training route go through the
-    server the test is about to kill (``make_route`` draws among equivalent servers with ``rng.choices``)."""
-
-    def __init__(self, peer: str):
-        super().__init__(0)
-        self.peer = peer
-
-    def choices(self, population, weights=None, **kwargs):
-        preferred = [record for record in population if record.peer_id == self.peer]
-        return preferred[:1] or super().choices(population, weights=weights, **kwargs)
 
 
 @pytest.mark.slow

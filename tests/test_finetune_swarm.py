@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import torch
 from conftest import TEST_ENV
 from finetune_reference import local_hidden, local_lm_step, make_lora_adapter
 from reference import assert_close, load_reference, make_lively_checkpoint
+from swarm_helpers import PreferPeer
 
 from agent.local_swarm import LocalSwarm
 from engine.client.finetune import Example, FinetuneSettings, load_trained, train
@@ -194,18 +194,6 @@ def test_lora_adapter_by_name_equals_peft(model: DistributedCausalLM, swarm: Loc
 
     with pytest.raises(MissingBlocksError, match="serves adapter 'absent'"):
         model(IDS, adapter="absent")
-
-
-class PreferPeer(random.Random):
-    """A route chooser that takes ``peer`` wherever it can, to send a request to a server about to die."""
-
-    def __init__(self, peer: str):
-        super().__init__(0)
-        self.peer = peer
-
-    def choices(self, population, weights=None, **kwargs):
-        preferred = [record for record in population if record.peer_id == self.peer]
-        return preferred[:1] or super().choices(population, weights=weights, **kwargs)
 
 
 def test_a_server_killed_mid_step_changes_no_gradient(local_swarm, checkpoint: Path) -> None:
