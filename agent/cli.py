@@ -75,12 +75,14 @@ def _generation_settings(args: argparse.Namespace):
 
 def stream_answer(model_name: str, initial_peers: list[str], prompt: str, args: argparse.Namespace, prefix=None):
     """Generate through the swarm and print the text as it comes; returns the result."""
+    from engine.client.config import ClientSettings
     from engine.client.generation import chat_prompt, generate
     from engine.client.model import DistributedCausalLM
 
     settings = _generation_settings(args)
     settings.validate()
-    model = DistributedCausalLM.connect(model_name, initial_peers, prefix)
+    client_settings = dataclass_from_args(ClientSettings, args)
+    model = DistributedCausalLM.connect(model_name, initial_peers, prefix, settings=client_settings)
     try:
         tokenizer = model.source.tokenizer()
         input_ids = chat_prompt(tokenizer, prompt) if args.chat else list(tokenizer(prompt)["input_ids"])
@@ -169,6 +171,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.client.config import ClientSettings
     from engine.client.finetune import FinetuneSettings
     from engine.server.server import ServerSettings
 
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts", default=None, help="trained prompts (.safetensors) from `nectar finetune`")
     gen.add_argument("--adapter", default=None, help="LoRA adapter the servers apply (default: none)")
     _add_generation_options(gen)
+    add_dataclass_options(gen, ClientSettings)
     gen.set_defaults(run=cmd_generate)
 
     tune = commands.add_parser("finetune", help="train prompts through a swarm (the model stays frozen)")
@@ -219,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default=DEMO_PROMPT)
     demo.add_argument("--servers", type=int, default=2, choices=(2, 3))
     _add_generation_options(demo)
+    add_dataclass_options(demo, ClientSettings)
     demo.set_defaults(run=cmd_demo, greedy=True)
 
     for sub in (dht, serve):
