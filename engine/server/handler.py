@@ -143,7 +143,7 @@ class BlockServicer(ServicerBase):
         """Tensors: hidden states, then optional deep prompts. Metadata: start, end, adapter, keep (see backward)."""
         try:
             tensors, meta = wire.unpack(request)
-            hidden, prompts, start, end = self._parse_batch(request, expected=(1, 2), tensors=tensors, meta=meta)
+            hidden, prompts, start, end = self._parse_batch(tensors, meta, "forward", ("hidden states",))
             adapter, keep = self._options(meta, context)
         except BadRequest as error:
             return wire.error_response(str(error))
@@ -163,11 +163,9 @@ class BlockServicer(ServicerBase):
         """
         try:
             tensors, meta = wire.unpack(request)
-            if len(tensors) not in (2, 3):
-                raise BadRequest(
-                    f"backward takes hidden states, output gradients and optional prompts, got {len(tensors)}"
-                )
-            hidden, prompts, start, end = self._parse_batch(request, expected=(2, 3), tensors=tensors, meta=meta)
+            hidden, prompts, start, end = self._parse_batch(
+                tensors, meta, "backward", ("hidden states", "output gradients")
+            )
             adapter, keep = self._options(meta, context)
             grad_output = self.backend.check_hidden(tensors[1], "output gradients")
             if grad_output.shape != hidden.shape:
@@ -191,12 +189,12 @@ class BlockServicer(ServicerBase):
         keep = self.backend.check_keep(meta.get("keep"))
         return adapter, (None if keep is None else (context.remote_id.to_base58(), keep))
 
-    def _parse_batch(self, request, expected: tuple[int, int], tensors=None, meta=None):
-        if tensors is None:
-            tensors, meta = wire.unpack(request)
-        if len(tensors) not in expected:
-            raise BadRequest(f"request must carry {' or '.join(map(str, expected))} tensors, got {len(tensors)}")
+    def _parse_batch(self, tensors: list, meta: dict, method: str, required: tuple[str, ...]):
+        """The batch, deep prompts and block range of a forward or backward, whose ``required`` tensors come first."""
+        count = len(required)
+        if len(tensors) not in (count, count + 1):
+            raise BadRequest(f"{method} takes {', '.join(required)} and optional prompts, got {len(tensors)}")
         start, end = self.backend.check_range(meta.get("start"), meta.get("end"))
         hidden = self.backend.check_batch(tensors[0])
-        prompts = tensors[-1] if len(tensors) == expected[1] else None
+        prompts = tensors[-1] if len(tensors) == count + 1 else None
         return hidden, self.backend.check_prompts(prompts, hidden, start, end), start, end
