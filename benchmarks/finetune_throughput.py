@@ -31,31 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.local_swarm import LocalSwarm, even_spans  # noqa: E402
 from engine.client.finetune import METHODS  # noqa: E402
+from engine.client.local import LocalCausalLM  # noqa: E402
 from engine.client.model import DistributedCausalLM  # noqa: E402
 from engine.client.ptune import causal_lm_loss  # noqa: E402
-from engine.models.span import load_span  # noqa: E402
 from engine.weights import DEFAULT_MODEL, resolve_model  # noqa: E402
 
 BATCH, TOKENS, PREFIX = 4, 64, 16
-
-
-class LocalModel(torch.nn.Module):
-    """``DistributedCausalLM``'s interface with every block in this process: the servers' code, no network."""
-
-    def __init__(self, model: DistributedCausalLM, source):
-        super().__init__()
-        self.config, self.num_blocks = model.config, model.num_blocks
-        self.embed_tokens, self.norm, self.lm_head = model.embed_tokens, model.norm, model.lm_head
-        self.span = load_span(source, 0, self.num_blocks, torch.float32)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden))
-
-    def blocks(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, adapter: str | None = None):
-        return self.span(hidden, 0, None, None, None, prompts)
 
 
 class TransformersStep:
@@ -97,7 +78,7 @@ class TransformersStep:
 
 
 class TuningStep:
-    """One ``nectar finetune`` training step, through the swarm or (with ``LocalModel``) in this process."""
+    """One ``nectar finetune`` training step, through the swarm or (with ``LocalCausalLM``) in this process."""
 
     def __init__(self, model: DistributedCausalLM, method: str):
         self.tuning = METHODS[method](model, PREFIX)
@@ -137,7 +118,7 @@ def run_swarm(source, baseline: TransformersStep, args: argparse.Namespace, serv
         try:
             steps = {
                 "swarm": TuningStep(model, args.method),
-                "same code": TuningStep(LocalModel(model, source), args.method),
+                "same code": TuningStep(LocalCausalLM(source), args.method),
                 "transformers": baseline,
             }
             seconds = measure(steps, args.steps, args.seed)

@@ -75,36 +75,13 @@ def local_lm_step(model, prefix, deep, embeds, labels) -> dict[str, torch.Tensor
     return {"loss": loss.detach(), **{name: leaf.grad for name, leaf in leaves.items()}}
 
 
-class LocalModel(torch.nn.Module):
-    """``DistributedCausalLM``'s client interface with every block in this process (the engine's ``BlockSpan``).
+def local_model(path: Path):
+    """``DistributedCausalLM``'s client interface with every block in this process, for tests that exercise the
+    fine-tuning modules without a swarm (saving, loading, data)."""
+    from engine.client.local import LocalCausalLM
+    from engine.weights import resolve_model
 
-    For tests that exercise the fine-tuning modules without a swarm (saving, loading, data).
-    """
-
-    def __init__(self, path):
-        from transformers import AutoModelForCausalLM
-
-        from engine.models.span import load_span
-        from engine.weights import resolve_model
-
-        super().__init__()
-        source = resolve_model(str(path))
-        self.config = source.config
-        self.num_blocks = self.config.num_hidden_layers
-        reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        self.embed_tokens, self.norm = reference.model.embed_tokens, reference.model.norm
-        self.lm_head = reference.lm_head
-        self.span = load_span(source, 0, self.num_blocks, torch.float32)
-        self.requires_grad_(False)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden))
-
-    def blocks(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, adapter: str | None = None):
-        return self.span(hidden, 0, None, None, None, prompts)
+    return LocalCausalLM(resolve_model(str(path)))
 
 
 def make_lora_adapter(checkpoint: Path, path: Path, seed: int = 0) -> Path:

@@ -5,8 +5,6 @@ Not a test module: helpers shared by the span, partial-loading and swarm tests.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -69,19 +67,6 @@ def greedy_reference(model, input_ids: list[int], new_tokens: int, eos: bool = F
     finally:
         config.eos_token_id = saved
     return output[0, len(input_ids) :].tolist()
-
-
-@contextlib.contextmanager
-def without_swarm() -> Iterator[None]:
-    """While active, ``DistributedCausalLM(source, swarm=None)`` builds only its local parts (embeddings, norm, head).
-
-    Its remote blocks need a live connection, so they are left out; nothing that would cross the network runs.
-    """
-    import pytest
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("engine.client.model.RemoteBlocks", lambda *args, **kwargs: torch.nn.Identity())
-        yield
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_checkpoint
-from finetune_reference import LocalModel, make_lora_adapter, peft_layer_outputs
+from finetune_reference import local_model, make_lora_adapter, peft_layer_outputs
 from reference import assert_close, make_lively_checkpoint
 
 from agent.cli import main
@@ -122,7 +122,7 @@ def test_settings_are_validated() -> None:
 
 
 def test_trained_prompts_and_head_survive_save_and_load(tiny: Path, tmp_path: Path) -> None:
-    model = LocalModel(tiny)
+    model = local_model(tiny)
     tuning = DeepPromptTuning(model, prefix_length=3, seed=1)
     classifier = SequenceClassifier(tuning, num_labels=3)
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_trained_prompts_and_head_survive_save_and_load(tiny: Path, tmp_path: Pa
     expected = classifier(ids, lengths)
 
     path = save_trained(tmp_path / "cls.safetensors", classifier, "tiny-llama")
-    loaded = load_trained(path, LocalModel(tiny))
+    loaded = load_trained(path, local_model(tiny))
     assert isinstance(loaded, SequenceClassifier) and isinstance(loaded.tuning, DeepPromptTuning)
     torch.testing.assert_close(loaded(ids, lengths), expected, rtol=0, atol=0)
 
@@ -143,18 +143,18 @@ def test_trained_prompts_and_head_survive_save_and_load(tiny: Path, tmp_path: Pa
 
 def test_loading_refuses_prompts_of_another_model_shape(tiny: Path, tmp_path: Path) -> None:
     other = make_tiny_checkpoint(tmp_path / "six", "llama", num_layers=6)
-    path = save_trained(tmp_path / "p.safetensors", DeepPromptTuning(LocalModel(other), 2), "six")
+    path = save_trained(tmp_path / "p.safetensors", DeepPromptTuning(local_model(other), 2), "six")
     with pytest.raises(ValueError, match=r"trained for six \(6 blocks of width 64\); this model has 4 blocks"):
-        load_trained(path, LocalModel(tiny))
+        load_trained(path, local_model(tiny))
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(ValueError, match="not a safetensors file"):
-        load_trained(tmp_path / "junk.safetensors", LocalModel(tiny))
+        load_trained(tmp_path / "junk.safetensors", local_model(tiny))
 
 
 def test_local_training_lowers_the_loss(tmp_path: Path) -> None:
     from engine.client.finetune import Example
 
-    model = LocalModel(make_lively_checkpoint(tmp_path / "lively", "llama"))
+    model = local_model(make_lively_checkpoint(tmp_path / "lively", "llama"))
     answer = [5, 6, 7, 8, 9, 10]
     examples = [Example([a, b, *answer], [IGNORE_INDEX] * 2 + answer, 1) for a, b in ((3, 4), (11, 12))]
     losses = train(PromptTuning(model, prefix_length=4), examples, FinetuneSettings(steps=25, lr=0.03, batch_size=2))

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import without_swarm
 
 from engine.client.generation import GenerationResult, GenerationSettings, _TextStreamer, chat_prompt, eos_ids, generate
-from engine.client.model import DistributedCausalLM
-from engine.models.span import BlockSpan, load_span
+from engine.client.local import LocalCausalLM
+from engine.models.span import BlockSpan
 from engine.weights import ModelSource, resolve_model
 
 PROMPT = "Write three sentences about the sea."
@@ -40,14 +39,11 @@ class LocalSession:
         self.cache = None
 
 
-class LocalCausalLM(DistributedCausalLM):
-    def __init__(self, source: ModelSource):
-        with without_swarm():
-            super().__init__(source, swarm=None)  # type: ignore[arg-type]
-        self.span = load_span(source, 0, self.num_blocks, torch.float32)
+class LocalGenerationLM(LocalCausalLM):
+    """The engine's in-process model, with an inference session over its local span (no swarm)."""
 
     def inference_session(self, max_length: int, batch_size: int = 1, step_timeout: float = 60.0) -> LocalSession:
-        return LocalSession(self.span, max_length, batch_size)
+        return LocalSession(self.blocks.span, max_length, batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +52,8 @@ def source() -> ModelSource:
 
 
 @pytest.fixture(scope="module")
-def model(source: ModelSource) -> LocalCausalLM:
-    return LocalCausalLM(source)
+def model(source: ModelSource) -> LocalGenerationLM:
+    return LocalGenerationLM(source)
 
 
 @pytest.fixture(scope="module")

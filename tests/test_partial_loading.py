@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_checkpoint
-from reference import without_swarm
 
 from engine.models.span import load_span
 from engine.weights import ModelSource, resolve_model
@@ -69,11 +68,10 @@ def test_read_to_a_narrower_dtype(checkpoint: Path) -> None:
 
 
 def test_client_side_reads_only_embeddings_norm_and_head(checkpoint: Path, read_log: list[str]) -> None:
-    """``DistributedCausalLM`` builds its local parts before it ever uses the swarm (so none is given here)."""
-    from engine.client.model import DistributedCausalLM
+    """``DistributedCausalLM``'s local parts (``CausalLMParts``, built before it uses the swarm) read nothing else."""
+    from engine.client.model import CausalLMParts
 
-    with without_swarm():
-        model = DistributedCausalLM(resolve_model(checkpoint), swarm=None)  # type: ignore[arg-type]
+    model = CausalLMParts(resolve_model(checkpoint))
     assert set(read_log) == {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     assert model.num_blocks == 6
     assert not any(parameter.requires_grad for parameter in model.parameters())
@@ -82,13 +80,12 @@ def test_client_side_reads_only_embeddings_norm_and_head(checkpoint: Path, read_
 def test_client_head_matches_transformers(checkpoint: Path) -> None:
     from reference import layer_outputs, load_reference
 
-    from engine.client.model import DistributedCausalLM
+    from engine.client.model import CausalLMParts
 
     reference = load_reference(checkpoint)
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     embeddings, outputs = layer_outputs(reference, ids)
-    with without_swarm():
-        model = DistributedCausalLM(resolve_model(checkpoint), swarm=None)  # type: ignore[arg-type]
+    model = CausalLMParts(resolve_model(checkpoint))
     with torch.no_grad():
         torch.testing.assert_close(model.embed(ids), embeddings)
         torch.testing.assert_close(model.logits(outputs[-1]), reference(ids).logits)

@@ -13,7 +13,9 @@
   replays the span's remembered inputs at their positions on a new chain (the paper's Algorithm 1).
 - ``remote.py``: ``RemoteBlocks``, forward and backward through the swarm as a torch module; failed hops are
   recomputed on other servers.
-- ``model.py``: ``DistributedCausalLM``, local embeddings and head around the remote blocks.
+- ``model.py``: ``CausalLMParts`` (the client-side embeddings, norm and head) and ``DistributedCausalLM`` (them
+  around the remote blocks).
+- ``local.py``: ``LocalCausalLM``, the same interface with every block in this process (baselines, tests).
 - ``generation.py``: ``generate``: sampling, stop strings, streaming, chat prompts.
 - ``ptune.py``: ``PromptTuning``, ``DeepPromptTuning`` and ``SequenceClassifier``: trainable prompts and a head kept
   by the client, trained through the frozen swarm.

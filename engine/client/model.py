@@ -14,18 +14,17 @@ from engine.records import default_dht_prefix
 from engine.weights import ModelSource, resolve_model
 
 
-class DistributedCausalLM(nn.Module):
-    """A causal LM whose blocks live on servers; it loads only the embeddings, final norm and LM head.
+class CausalLMParts(nn.Module):
+    """The parts of a causal LM that stay with the client: embeddings, final norm and LM head (frozen).
 
-    ``forward`` goes through the swarm's forward/backward RPCs (training, scoring); generation uses
-    ``inference_session``, which keeps attention caches on the servers.
+    Subclasses add ``blocks``: remote (``DistributedCausalLM``) or in this process (``engine.client.local``).
     """
 
-    def __init__(self, source: ModelSource, swarm: SwarmConnection, dtype: torch.dtype = torch.float32):
+    def __init__(self, source: ModelSource, dtype: torch.dtype = torch.float32):
         super().__init__()
         config = source.config
         family = get_family(config)
-        self.source, self.config, self.family, self.swarm = source, config, family, swarm
+        self.source, self.config, self.family = source, config, family
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.embed_tokens.load_state_dict({"weight": source.read([family.embed_weight], dtype)[family.embed_weight]})
         self.norm = family.make_norm(config).to(dtype)
@@ -36,7 +35,6 @@ class DistributedCausalLM(nn.Module):
         else:
             self.lm_head.load_state_dict({"weight": source.read([family.head_weight], dtype)[family.head_weight]})
         self.requires_grad_(False)  # the model's own weights stay frozen; fine-tuning adds its own parameters
-        self.blocks = RemoteBlocks(swarm, config.num_hidden_layers)
 
     @property
     def num_blocks(self) -> int:
@@ -47,6 +45,19 @@ class DistributedCausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden))
+
+
+class DistributedCausalLM(CausalLMParts):
+    """A causal LM whose blocks live on servers; it loads only the embeddings, final norm and LM head.
+
+    ``forward`` goes through the swarm's forward/backward RPCs (training, scoring); generation uses
+    ``inference_session``, which keeps attention caches on the servers.
+    """
+
+    def __init__(self, source: ModelSource, swarm: SwarmConnection, dtype: torch.dtype = torch.float32):
+        super().__init__(source, dtype)
+        self.swarm = swarm
+        self.blocks = RemoteBlocks(swarm, self.num_blocks)
 
     def forward(
         self, input_ids: torch.Tensor, prompts: torch.Tensor | None = None, adapter: str | None = None
