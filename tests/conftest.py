@@ -7,6 +7,8 @@ Nothing here touches the network beyond loopback, and every swarm a test starts 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,19 @@ from agent.local_swarm import LocalSwarm
 
 # one thread per process: tests run several server processes on a 2-core machine
 TEST_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_nectar(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run the ``nectar`` command line in a real child process, as a user would, and capture what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **TEST_ENV},
+        stdin=subprocess.DEVNULL,
+    )
+
 
 TINY_CONFIGS = {
     "llama": dict(model_type="llama"),

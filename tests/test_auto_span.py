@@ -6,16 +6,13 @@ way a client reads it, from the DHT. Periods and record lifetimes are shortened 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
 import torch
-from conftest import TEST_ENV
+from conftest import run_nectar
 
 from engine.client.swarm import SwarmConnection
 from engine.records import ServerRecord, ServerState
@@ -94,12 +91,6 @@ def test_memory_budget_limits_the_span(local_swarm) -> None:
 
 
 def test_bad_balancing_option_is_a_one_line_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "serve", MODEL, "--new-swarm", "--balance-quality", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **TEST_ENV},
-    )
+    result = run_nectar("serve", MODEL, "--new-swarm", "--balance-quality", "1.5")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "nectar: error: --balance-quality must be in (0, 1], got 1.5"

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEST_ENV
+from conftest import run_nectar
 
 from agent.cli import _generation_settings, build_parser, main
 from agent.cli_args import add_dataclass_options, dataclass_from_args
@@ -133,14 +130,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 def test_serve_a_path_that_does_not_exist_in_a_real_process(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "path"
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "serve", str(missing), "--new-swarm"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **TEST_ENV},
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_nectar("serve", str(missing), "--new-swarm")
     assert done.returncode != 0
     assert error_line(done.stderr).startswith(f"nectar: error: model '{missing}' not found")
     assert "READY" not in done.stdout

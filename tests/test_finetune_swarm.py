@@ -9,15 +9,12 @@ tokens, so each batch below is split into chunks.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEST_ENV
+from conftest import TEST_ENV, run_nectar
 from finetune_reference import local_hidden, local_lm_step, make_lora_adapter
 from reference import assert_close, load_reference, make_lively_checkpoint
 from swarm_helpers import PreferPeer
@@ -253,16 +250,6 @@ def make_chat_checkpoint(path: Path) -> Path:
     return path
 
 
-def nectar(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, **TEST_ENV},
-    )
-
-
 def test_finetune_and_generate_commands(local_swarm, tmp_path: Path) -> None:
     checkpoint = make_chat_checkpoint(tmp_path / "chat")
     data = tmp_path / "data.jsonl"
@@ -272,13 +259,24 @@ def test_finetune_and_generate_commands(local_swarm, tmp_path: Path) -> None:
     peers = ["--initial-peers", *swarm.initial_peers]
     out = tmp_path / "prompts.safetensors"
 
-    done = nectar(
-        "finetune", str(checkpoint), *peers, "--data", str(data), "--method", "ptune", "--steps", "4", "--out", str(out)
+    done = run_nectar(
+        "finetune",
+        str(checkpoint),
+        *peers,
+        "--data",
+        str(data),
+        "--method",
+        "ptune",
+        "--steps",
+        "4",
+        "--out",
+        str(out),
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr
     assert "4/4" in done.stderr and "loss" in done.stderr and f"saved the trained prompts to {out}" in done.stderr
 
-    done = nectar(
+    done = run_nectar(
         "generate",
         str(checkpoint),
         *peers,
@@ -288,6 +286,7 @@ def test_finetune_and_generate_commands(local_swarm, tmp_path: Path) -> None:
         str(out),
         "--max-new-tokens",
         "5",
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr
     client = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)

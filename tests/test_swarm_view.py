@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import TEST_ENV
+from conftest import run_nectar
 
 from engine.records import ServerRecord, ServerState
 from engine.swarm_view import build_view, format_view
@@ -62,21 +59,11 @@ def test_needs_at_least_one_block() -> None:
         build_view("m", 0, {})
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **TEST_ENV},
-    )
-
-
 @pytest.mark.slow
 def test_nectar_swarm_on_a_local_swarm(local_swarm) -> None:
     swarm = local_swarm("smollm2-135m", [(0, 15), (10, 30)], server_args=["--throughput", "100"])
     first, second = (child.ready["peer_id"] for child in swarm.servers)
-    result = run_cli("swarm", "smollm2-135m", "--initial-peers", *swarm.initial_peers, "--json")
+    result = run_nectar("swarm", "smollm2-135m", "--initial-peers", *swarm.initial_peers, "--json")
     assert result.returncode == 0, result.stderr
     view = json.loads(result.stdout)
     assert view["num_blocks"] == 30 and view["uncovered_blocks"] == [] and view["num_servers"] == 2
@@ -88,7 +75,7 @@ def test_nectar_swarm_on_a_local_swarm(local_swarm) -> None:
     spans = {(server["peer_id"], server["start"], server["end"]) for server in view["servers"]}
     assert spans == {(first, 0, 15), (second, 10, 30)}
 
-    table = run_cli("swarm", "smollm2-135m", "--initial-peers", *swarm.initial_peers)
+    table = run_nectar("swarm", "smollm2-135m", "--initial-peers", *swarm.initial_peers)
     assert table.returncode == 0, table.stderr
     assert "swarm smollm2-135m: 30 blocks, 2 servers" in table.stdout and "all blocks covered" in table.stdout
     print(table.stdout)
