@@ -38,29 +38,19 @@ def ensure_converted(gguf_path: Path, cache_root: Path | None = None) -> Path:
     target = converted_dir(gguf_path, cache_root)
     if (target / "config.json").exists():
         return target
-    import torch
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: only on first conversion
+
+    from engine.hf.gguf import load_gguf
 
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("converting %s to safetensors (once) in %s", gguf_path.name, target)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
-        # transformers refuses to save a model loaded from GGUF; its tensors are plain float32 by now, so
-        # write them and a config without the GGUF quantization entry ourselves
-        state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        save_file(state, work / "model.safetensors", metadata={"format": "pt"})
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        config.pop("_name_or_path", None)
-        (work / "config.json").write_text(json.dumps(config, indent=2))
-        model.generation_config.save_pretrained(work)
-        tokenizer.save_pretrained(work)
+        loaded = load_gguf(gguf_path)
+        save_file(loaded.state, work / "model.safetensors", metadata={"format": "pt"})
+        (work / "config.json").write_text(json.dumps(loaded.config, indent=2))
+        loaded.model.generation_config.save_pretrained(work)
+        loaded.tokenizer.save_pretrained(work)
         try:
             os.rename(work, target)
         except OSError:  # another process finished first: keep its copy

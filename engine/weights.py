@@ -20,6 +20,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 
 from engine.gguf_cache import ensure_converted
+from engine.hf.masks import use_sdpa
 
 # alias -> (Python package that ships the file, file name inside it)
 ALIASES: dict[str, tuple[str, str]] = {
@@ -42,9 +43,7 @@ class ModelSource:
 
     @cached_property
     def config(self) -> PretrainedConfig:
-        config = AutoConfig.from_pretrained(self.path)
-        config._attn_implementation = "sdpa"
-        return config
+        return use_sdpa(AutoConfig.from_pretrained(self.path))
 
     @cached_property
     def weight_map(self) -> dict[str, str]:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from reference import assert_close, layer_outputs, load_reference, make_lively_checkpoint
 
+from engine.hf.masks import attention_mask
 from engine.models import UnsupportedModelError, get_family, supported_model_types
-from engine.models.span import SpanCache, attention_mask, load_span
+from engine.models.span import SpanCache, load_span
 from engine.weights import resolve_model
 
 FAMILIES = supported_model_types()

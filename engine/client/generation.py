@@ -7,15 +7,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers.generation.logits_process import (
+
+from engine.client.model import DistributedCausalLM
+from engine.hf.sampling import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-
-from engine.client.model import DistributedCausalLM
 
 
 @dataclass

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig
+
+from engine.hf.layers import build_decoder_layer, build_rms_norm, build_rotary, modeling_class, rotary_cos_sin
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ModelFamily:
     head_weight: str = "lm_head.weight"
 
     def _class(self, suffix: str) -> type[nn.Module]:
-        return getattr(importlib.import_module(self.module), f"{self.class_prefix}{suffix}")
+        return modeling_class(self.module, f"{self.class_prefix}{suffix}")
 
     def block_prefix(self, index: int) -> str:
         """Prefix of every tensor of block ``index`` in the checkpoint."""
@@ -37,19 +38,19 @@ class ModelFamily:
 
     def make_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
         """An empty decoder layer; its global ``index`` selects its slot in the attention cache."""
-        return self._class("DecoderLayer")(config, index)
+        return build_decoder_layer(self._class("DecoderLayer"), config, index)
 
     def make_rotary(self, config: PretrainedConfig) -> nn.Module:
-        return self._class("RotaryEmbedding")(config)
+        return build_rotary(self._class("RotaryEmbedding"), config)
 
     def make_norm(self, config: PretrainedConfig) -> nn.Module:
-        return self._class("RMSNorm")(config.hidden_size, eps=config.rms_norm_eps)
+        return build_rms_norm(self._class("RMSNorm"), config)
 
     def position_embeddings(
         self, rotary: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (cos, sin) pair every layer of the span shares for these positions."""
-        return rotary(hidden, position_ids)
+        return rotary_cos_sin(rotary, hidden, position_ids)
 
     def sliding_window(self, config: PretrainedConfig, index: int) -> int | None:
         """Width of block ``index``'s attention window, or None where it sees the whole prefix."""

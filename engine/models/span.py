@@ -6,17 +6,19 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from engine.hf.cache import LayerCache, cache_argument
+from engine.hf.masks import attention_mask
 from engine.models.base import ModelFamily
 from engine.models.registry import get_family
 from engine.weights import ModelSource
 
 
-class SpanCache:
+class SpanCache(LayerCache):
     """Keys and values of one session on some blocks, allocated once at the session's maximum length.
 
     Preallocating makes the server's cache budget a hard limit (no growth mid-session) and lets a step roll
     back to an earlier position by moving ``length``, which is how a replayed step rebuilds state.
-    It implements the one method transformers' attention layers call: ``update``.
+    It implements the one method transformers' attention layers call: ``update`` (see ``engine.hf.cache``).
     """
 
     def __init__(
@@ -44,29 +46,13 @@ class SpanCache:
         return 2 * num_blocks * heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
     def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
         slot = layer_idx - self.first_block
         end = self.length + key.shape[2]
         self.keys[slot, :, :, self.length : end] = key
         self.values[slot, :, :, self.length : end] = value
         return self.keys[slot, :, :, :end], self.values[slot, :, :, :end]
-
-
-def attention_mask(position: int, new_tokens: int, window: int | None, device: torch.device) -> torch.Tensor | None:
-    """Boolean mask (True = may attend) for ``new_tokens`` queries after ``position`` cached tokens.
-
-    None where scaled_dot_product_attention's own causal handling is exact: one new token, or a first step.
-    """
-    total = position + new_tokens
-    if (window is None or total <= window) and (new_tokens == 1 or position == 0):
-        return None
-    queries = torch.arange(position, total, device=device)[:, None]
-    keys = torch.arange(total, device=device)[None, :]
-    allowed = keys <= queries
-    if window is not None:
-        allowed &= (queries - keys) < window
-    return allowed[None, None]
 
 
 class BlockSpan(nn.Module):
@@ -128,12 +114,13 @@ class BlockSpan(nn.Module):
             window = self.windows[index - self.start]
             if window not in masks:
                 masks[window] = attention_mask(position, new_tokens, window, hidden.device)
-            hidden = self.layers[index - self.start](
+            layer = self.layers[index - self.start]
+            hidden = layer(
                 hidden,
                 attention_mask=masks[window],
                 position_ids=position_ids,
-                past_key_values=cache,
                 position_embeddings=position_embeddings,
+                **cache_argument(layer, cache),
             )
         if cache is not None:
             cache.length = position + new_tokens
