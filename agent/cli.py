@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from agent.cli_args import add_dataclass_options, dataclass_from_args
 
@@ -110,7 +112,13 @@ def _print_stats(result) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    result = stream_answer(args.model, args.initial_peers, args.prompt, args, args.dht_prefix)
+    from engine.errors import SWARM_ERRORS
+
+    try:
+        result = stream_answer(args.model, args.initial_peers, args.prompt, args, args.dht_prefix)
+    except SWARM_ERRORS as error:
+        print(f"\nnectar: error: {error}", file=sys.stderr)
+        return 1
     _print_stats(result)
     return 0
 
@@ -144,18 +152,36 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.local_swarm import LocalSwarm, even_spans
+    from engine.errors import SWARM_ERRORS
     from engine.weights import DEFAULT_MODEL, resolve_model
 
     print(f"preparing {DEFAULT_MODEL} (converted once, then cached)...", file=sys.stderr, flush=True)
     source = resolve_model(DEFAULT_MODEL)  # convert before the servers start, so they do not all do it
     spans = even_spans(source.config.num_hidden_layers, args.servers)
     print(f"starting a local swarm: a DHT node and {args.servers} servers for blocks {spans}", file=sys.stderr)
-    with LocalSwarm(DEFAULT_MODEL, spans) as swarm:
+    log_dir = demo_log_dir()
+    with LocalSwarm(DEFAULT_MODEL, spans, log_dir=log_dir) as swarm:
         print(f"prompt: {args.prompt}", file=sys.stderr, flush=True)
-        result = stream_answer(DEFAULT_MODEL, swarm.initial_peers, args.prompt, args)
+        try:
+            result = stream_answer(DEFAULT_MODEL, swarm.initial_peers, args.prompt, args)
+        except SWARM_ERRORS as error:
+            print(f"\nnectar: error: {error}", file=sys.stderr)
+            for line in swarm.exited_servers():
+                print(f"nectar: {line}", file=sys.stderr)
+            print(f"nectar: the servers' full logs are in {log_dir}", file=sys.stderr)
+            return 1
         _print_stats(result)
     print("local swarm stopped", file=sys.stderr)
     return 0
+
+
+def demo_log_dir() -> Path:
+    """Where ``nectar demo`` keeps its children's logs: under ``NECTAR_HOME`` if set, else the user log dir."""
+    import platformdirs
+
+    home = os.environ.get("NECTAR_HOME")
+    root = Path(home) / "logs" if home else platformdirs.user_log_path("nectar")
+    return root / "demo"
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 READY_PREFIX = "READY "
 
@@ -53,8 +54,11 @@ class LocalSwarm:
         env: dict[str, str] | None = None,
         start_timeout: float = 300.0,
         echo: bool = False,
+        log_dir: Path | None = None,
     ):
+        """``log_dir``, if given, receives each child's whole output as ``<name>.log`` (``dht``, ``server0``...)."""
         self.model, self.spans, self.server_args = model, list(spans), list(server_args)
+        self.log_dir = log_dir
         self.env = {**os.environ, **(env or {})}
         self.start_timeout, self.echo = start_timeout, echo
         self.dht: Child | None = None
@@ -103,7 +107,21 @@ class LocalSwarm:
         return child
 
     def _read(self, child: Child) -> None:
+        log = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_dir / f"{child.name}.log", "w", buffering=1)  # noqa: SIM115 (closed below)
+        try:
+            self._read_lines(child, log)
+        finally:
+            if log is not None:
+                log.close()
+        child.ready_event.set()  # the process ended: wake whoever waits
+
+    def _read_lines(self, child: Child, log) -> None:
         for line in child.process.stdout:
+            if log is not None:
+                log.write(line)
             line = line.rstrip("\n")
             if line.startswith(READY_PREFIX) and child.ready is None:
                 child.ready = json.loads(line[len(READY_PREFIX) :])
@@ -112,7 +130,18 @@ class LocalSwarm:
             child.output.append(line)
             if self.echo:
                 print(f"[{child.name}] {line}", file=sys.stderr)
-        child.ready_event.set()  # the process ended: wake whoever waits
+
+    def exited_servers(self) -> list[str]:
+        """One line per server process that has ended: its name, its blocks, its exit code and its last line."""
+        lines = []
+        for child, span in zip(self.servers, [*self.spans, *[None] * len(self.servers)], strict=False):
+            code = child.process.poll()
+            if code is None:
+                continue
+            blocks = f" (blocks {span[0]}:{span[1]})" if span else ""
+            last = next((line for line in reversed(child.output) if line.strip()), "")
+            lines.append(f"{child.name}{blocks} exited with code {code}" + (f"; its last line: {last}" if last else ""))
+        return lines
 
     def _wait_ready(self, children: Sequence[Child]) -> None:
         deadline = time.monotonic() + self.start_timeout

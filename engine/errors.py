@@ -1,4 +1,8 @@
-"""The errors that mean "the user asked for something wrong", shown as one line instead of a traceback."""
+"""Expected errors, shown as one line instead of a traceback.
+
+``SWARM_ERRORS``: the swarm could not serve (servers failed, blocks missing); commands exit with 1.
+``USER_ERRORS``: the user asked for something wrong; commands exit with 2.
+"""
 
 from engine.client.routing import MissingBlocksError
 from engine.models.registry import UnsupportedModelError
@@ -6,3 +10,4 @@ from engine.weights import ModelNotFoundError
 from engine.wire import BadRequest, RemoteError
 
 USER_ERRORS = (ModelNotFoundError, UnsupportedModelError, MissingBlocksError, BadRequest, RemoteError, ValueError)
+SWARM_ERRORS = (MissingBlocksError, RemoteError)

@@ -141,12 +141,17 @@ class RetryBudget:
     """How many server failures one operation (a step, a forward, a backward) may still survive."""
 
     def __init__(self, retries: int):
-        self.left = retries
+        self.retries = self.left = retries
 
     def spend(self, blocks: range, error: BaseException) -> None:
-        """Count one failure; raises once the budget is exhausted, naming the blocks that could not be served."""
+        """Count one failure; raises once the budget is exhausted, naming the blocks, the server and its cause.
+
+        ``error`` names its server: every error a server causes here starts with "server <id>".
+        """
         if self.left <= 0:
             raise MissingBlocksError(
-                list(blocks), f"servers kept failing (last: {describe_error(error)}); retries exhausted"
+                list(blocks),
+                f"{describe_error(error)} (gave up after {self.retries + 1} failed attempts)",
+                headline="servers failed on",
             ) from error
         self.left -= 1

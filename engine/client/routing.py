@@ -24,8 +24,8 @@ NO_CACHE_PENALTY = 1e3
 class MissingBlocksError(RuntimeError):
     """No reachable server holds some blocks; the message names them (and why, when known)."""
 
-    def __init__(self, blocks: Sequence[int], detail: str = ""):
-        message = f"no available server holds block(s) {format_blocks(blocks)}"
+    def __init__(self, blocks: Sequence[int], detail: str = "", headline: str = "no available server holds"):
+        message = f"{headline} block(s) {format_blocks(blocks)}"
         super().__init__(f"{message}: {detail}" if detail else message)
         self.blocks = list(blocks)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.models.span import BlockSpan, SpanCache
+from engine.server import faults
 from engine.server.activations import ActivationStore, KeptForward, SavedBytes
 from engine.server.adapters import AdapterSet
 from engine.server.memory import CacheBudget
@@ -120,6 +121,7 @@ class SpanBackend:
 
     def inference_step(self, session: Session, hidden: torch.Tensor, position: int) -> torch.Tensor:
         """Runs on the compute thread; the arguments were checked by ``check_step``."""
+        faults.check("step-error")
         with torch.inference_mode(), self.adapters.use(session.adapter):
             return self.span(hidden, position, session.cache, session.start, session.end, session.prompts)
 
@@ -161,6 +163,7 @@ class SpanBackend:
         keep: tuple[str, str] | None = None,
     ) -> torch.Tensor:
         """Outputs of blocks [start, end); with ``keep`` (client, id), the graph is kept for that backward."""
+        faults.check("step-error")
         if keep is None or self.activations.max_bytes <= 0:
             with torch.inference_mode(), self.adapters.use(adapter):
                 return self.span(hidden, 0, None, start, end, prompts)
@@ -187,6 +190,7 @@ class SpanBackend:
         keep: tuple[str, str] | None = None,
     ) -> list[torch.Tensor]:
         """Gradients for the inputs (and deep prompts): from the kept forward if there is one, else recomputed."""
+        faults.check("step-error")
         kept = self.activations.pop(keep) if keep is not None else None
         with torch.enable_grad():
             if kept is not None and kept.matches(hidden, prompts, start, end, adapter):

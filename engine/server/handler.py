@@ -1,7 +1,9 @@
 """The server's RPCs over hivemind P2P: an inference stream, forward, backward and info.
 
 Every handler turns a bad request into a one-line error response (``wire.error_response``) and keeps serving;
-only the request that broke a rule fails.
+only the request that broke a rule fails. An unexpected error while computing is the server's own fault: it is
+logged with its traceback here and answered as "unavailable" with its one-line cause, so the client names this
+server and the cause, and tries another server.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from engine.server.executor import INFERENCE, TRAINING, PriorityExecutor
 from engine.wire import BadRequest
 
 logger = logging.getLogger(__name__)
+
+
+class ComputeFailed(RuntimeError):
+    """The server itself failed to compute a request (not the request's fault); the message is one line."""
 
 
 class BlockServicer(ServicerBase):
@@ -65,6 +71,19 @@ class BlockServicer(ServicerBase):
         except TimeoutError:
             return False
         return True
+
+    async def _compute(self, priority: int, fn: Callable, *args: object) -> object:
+        """Run ``fn`` on the compute thread; an unexpected failure becomes a ``ComputeFailed`` with a one-line cause."""
+        try:
+            return await self.executor.submit(priority, fn, *args)
+        except BadRequest:
+            raise
+        except Exception as error:
+            logger.exception("%s failed on the compute thread", getattr(fn, "__name__", "compute"))
+            cause = (str(error).strip().splitlines() or [""])[0]
+            raise ComputeFailed(
+                f"internal error: {type(error).__name__}: {cause}" if cause else type(error).__name__
+            ) from error
 
     def _leaving(self) -> runtime_pb2.ExpertResponse:
         return wire.error_response("server is leaving the swarm; use another server", unavailable=True)
@@ -123,9 +142,11 @@ class BlockServicer(ServicerBase):
                     yield self._leaving()
                     return
                 with self._in_flight():
-                    output = await self.executor.submit(
-                        INFERENCE, self.backend.inference_step, session, hidden, position
-                    )
+                    try:
+                        output = await self._compute(INFERENCE, self.backend.inference_step, session, hidden, position)
+                    except ComputeFailed as error:  # the cache may be half-written: end this session
+                        yield wire.error_response(str(error), unavailable=True)
+                        return
                     await self._delay()
                     yield wire.response([output], position=position)
         except StopAsyncIteration:
@@ -150,9 +171,10 @@ class BlockServicer(ServicerBase):
         if not self.accepting:
             return self._leaving()
         with self._in_flight():
-            output = await self.executor.submit(
-                TRAINING, self.backend.forward, hidden, start, end, prompts, adapter, keep
-            )
+            try:
+                output = await self._compute(TRAINING, self.backend.forward, hidden, start, end, prompts, adapter, keep)
+            except ComputeFailed as error:
+                return wire.error_response(str(error), unavailable=True)
             await self._delay()
             return wire.response([output])
 
@@ -177,9 +199,12 @@ class BlockServicer(ServicerBase):
         if not self.accepting:
             return self._leaving()
         with self._in_flight():
-            grads = await self.executor.submit(
-                TRAINING, self.backend.backward, hidden, grad_output, start, end, prompts, adapter, keep
-            )
+            try:
+                grads = await self._compute(
+                    TRAINING, self.backend.backward, hidden, grad_output, start, end, prompts, adapter, keep
+                )
+            except ComputeFailed as error:
+                return wire.error_response(str(error), unavailable=True)
             await self._delay()
             return wire.response(grads)
 
