@@ -96,3 +96,23 @@ def local_swarm() -> Iterator[Callable[..., LocalSwarm]]:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# The tests of the model code that leans on transformers, torch, peft and gguf: CI also runs them (`-m model`) on the
+# newest versions pyproject.toml allows and on its lowest bounds (see .ci/run).
+MODEL_TEST_FILES = {
+    "test_span.py",
+    "test_swarm_generation.py",
+    "test_partial_loading.py",
+    "test_weights.py",
+    "test_gguf_cache.py",
+    "test_finetune.py",
+    "test_finetune_swarm.py",
+    "test_generation.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in MODEL_TEST_FILES:
+            item.add_marker(pytest.mark.model)

