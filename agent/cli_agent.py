@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.client import AgentClient, AgentNotRunning
 from agent.paths import AgentPaths
-from agent.settings import iter_settings, setting_info, split_key
+from agent.settings import Settings, iter_settings, setting_info, split_key
 from agent.settings_file import SettingsFile, parse_value
 
 AGENT_COMMANDS = ("run", "status", "pause", "resume", "snooze", "stop", "config", "secret", "bench")
@@ -48,6 +48,14 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:
     set_.add_argument("value", help="lists: comma-separated or a JSON list")
     config_commands.add_parser("path", help="print the settings file's path")
     config.set_defaults(run=cmd_config)
+
+    bench = commands.add_parser("bench", help="accelerators, CPU, and how fast this machine serves the model")
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--refresh", action="store_true", help="measure now even if a fresh result is cached")
+    bench.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
+    bench.add_argument("--initial-peers", nargs="*", default=None, help=argparse.SUPPRESS)
+    bench.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)  # the agent's effective settings
+    bench.set_defaults(run=cmd_bench)
 
     secret = commands.add_parser("secret", help="store a secret in the keyring (or a 0600 file where none exists)")
     secret.add_argument("action", choices=("set", "delete", "where"))
@@ -146,6 +154,35 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     for info in iter_settings():
         print(f"{info.key} = {json.dumps(values[info.key])}    # {info.describe()}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent import benchmark
+
+    paths = AgentPaths.default()
+    if args.measure_only:  # the child the running agent starts
+        if args.settings_json:
+            settings = Settings.model_validate_json(args.settings_json)
+        else:
+            settings = SettingsFile(paths.config_file).load().settings
+        benchmark.print_json(benchmark.measure_machine(settings, args.initial_peers))
+        return 0
+    try:
+        with AgentClient.connect(paths) as client:
+            answer = client.run_benchmark(refresh=args.refresh)
+    except AgentNotRunning:
+        answer = benchmark.load_cached(paths)
+        settings = SettingsFile(paths.config_file).load().settings
+        stale = answer.age_s is None or answer.age_s > settings.compute.benchmark_max_age_days * 86400
+        if args.refresh or stale:
+            print("measuring (loads one block of the model)...", file=sys.stderr, flush=True)
+            answer = benchmark.measure_machine(settings)
+            benchmark.save(paths.create(), answer)
+    if args.json:
+        benchmark.print_json(answer)
+    else:
+        print(benchmark.format_benchmark(answer))
     return 0
 
 

@@ -11,19 +11,25 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import filelock
 from fastapi import APIRouter
 
+from agent.activity.base import IdleSource
+from agent.activity.choose import choose_idle_source
+from agent.activity.monitor import ActivityMonitor
 from agent.api.app import create_app
 from agent.api.auth import load_or_create_token
 from agent.api.server import ApiAddress, ApiServer, unpublish
+from agent.benchmark import BenchmarkCache
+from agent.lending import Lender
 from agent.logs import RedactingFilter, remove_agent_logging, setup_agent_logging
 from agent.paths import AgentPaths
 from agent.settings_file import LoadedSettings, SettingsFile, validate
 from agent.state import AgentState
+from agent.stats import StatsDB
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +64,18 @@ class Agent:
         overrides: dict[str, Any] | None = None,
         extra_routers: Sequence[APIRouter] = (),
         log_to_stderr: bool = True,
+        lend: bool = True,
+        idle_source_factory: Callable[[str], IdleSource] | None = None,
+        child_env: dict[str, str] | None = None,
     ):
+        """``lend=False``: settings and API only (tests of the API); ``idle_source_factory`` and ``child_env``
+        replace the idle-time source and add environment variables for the child processes (tests)."""
         self.paths = (paths or AgentPaths.default()).create()
         self.overrides, self.extra_routers, self.log_to_stderr = overrides or {}, extra_routers, log_to_stderr
+        self.lend, self.idle_source_factory, self.child_env = lend, idle_source_factory, child_env
+        self.stats: StatsDB | None = None
+        self.lender: Lender | None = None
+        self.monitor: ActivityMonitor | None = None
         self.state: AgentState | None = None
         self.api: ApiServer | None = None
         self.parts: list[Part] = []
@@ -88,9 +103,16 @@ class Agent:
             api = loaded.settings.api
             self.api = ApiServer(app, api.host, api.port).start()
             self.api.publish(self.paths.api_file, self.paths.token_file)
+            self.stats = StatsDB(self.paths.stats_db)
+            self.state.stats = self.stats
+            self.state.benchmark = BenchmarkCache(self.paths, lambda: self.state.settings, self._swarm_peers)
             self.state.evaluate()
+            if self.lend:
+                self._add_lending_parts()
             for part in self.parts:
                 part.start()
+            if self.lend:
+                self._benchmark_if_stale()
         except BaseException:
             self.close()
             raise
@@ -99,6 +121,30 @@ class Agent:
 
     def add_part(self, part: Part) -> None:
         self.parts.append(part)
+
+    def _swarm_peers(self) -> list[str]:
+        return list(self.lender.initial_peers) if self.lender is not None else []
+
+    def _benchmark_if_stale(self) -> None:
+        """At start, without a fresh cached result: measure in the background (the API answers meanwhile)."""
+        cache = self.state.benchmark
+        if cache is None or cache.is_fresh():
+            return
+
+        def measure() -> None:
+            try:
+                cache.measure()
+                logger.info("benchmark cached in %s", self.paths.benchmark_file)
+            except Exception as error:
+                self.state.record_error(f"benchmark failed: {error}")
+
+        threading.Thread(target=measure, name="nectar-benchmark", daemon=True).start()
+
+    def _add_lending_parts(self) -> None:
+        self.lender = Lender(self.state, self.stats, self.child_env)
+        factory = self.idle_source_factory or choose_idle_source
+        self.monitor = ActivityMonitor(self.state, self.lender.own_pids, self.lender.server_memory_gb, factory)
+        self.parts += [self.monitor, self.lender]  # the first mode is known before the server starts; it drains first
 
     def run(self) -> None:
         """Block until SIGTERM, SIGINT or the API's stop (signal handlers only from the main thread)."""
@@ -122,6 +168,10 @@ class Agent:
             unpublish(self.paths.api_file)
             self.api.stop()
             self.api = None
+        self.parts.clear()
+        if self.stats is not None:
+            self.stats.close()
+            self.stats = None
         if self._lock.is_locked:
             self._lock.release()
         if self.redact is not None:

@@ -8,12 +8,13 @@ once, so the answer already shows the new mode. Whoever acts on a mode (the supe
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from agent.api.endpoints import ControlError
@@ -73,6 +74,7 @@ class AgentState:
         self.settings_listeners: list[SettingsListener] = []
         self.benchmark: BenchmarkProvider | None = None
         self.stats: StatsProvider | None = None
+        self._owner_requests = 0
         self._lock = threading.RLock()
 
     # the policy
@@ -82,8 +84,8 @@ class AgentState:
             if observations is not None:
                 self.observations = observations
             now = self.clock()
-            current = self.observations
-            snapshot = dataclasses.replace(current, now=now) if current is not None else Observations.at(now)
+            current = self.observations if self.observations is not None else Observations.at(now)
+            snapshot = dataclasses.replace(current, now=now, owner_requests=self._owner_requests)
             previous = self.throttle
             decision = decide(snapshot, self.settings, previous)
             self.throttle = decision.next_state
@@ -93,6 +95,23 @@ class AgentState:
             for listener in list(self.mode_listeners):
                 listener(decision)
         return decision
+
+    @contextlib.contextmanager
+    def owner_request(self) -> Iterator[None]:
+        """Wrap the owner's own generation (chat window, local API): the agent lends at full speed meanwhile.
+
+        Throttling limits what is lent to others; the owner's request is what they asked for, so it is never
+        reduced (pauses for battery, schedule and the like still apply, see ``agent/throttle.py``).
+        """
+        with self._lock:
+            self._owner_requests += 1
+        self.evaluate()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._owner_requests -= 1
+            self.evaluate()
 
     @property
     def mode(self) -> str:

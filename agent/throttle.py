@@ -11,11 +11,12 @@ priority order; the first that applies names the mode, in the words the CLI, the
  6. an exclusive program runs                                        -> paused
  7. other programs keep the GPU busy above the limit                 -> paused
  8. other programs use the CPU above the limit                       -> paused
- 9. the owner is active and ``when_active`` is ``paused``            -> paused
-10. the owner is active, but the server holds more memory than the in-use limit -> paused
-11. the owner is active                                              -> reduced
-12. idle time unknown (no activity source) -> ``activity.when_unknown``
-13. the owner has been away ``idle_minutes``                          -> full
+ 9. the owner's own request runs through this agent (chat, local API) -> full: it is never throttled
+10. the owner is active and ``when_active`` is ``paused``            -> paused
+11. the owner is active, but the server holds more memory than the in-use limit -> paused
+12. the owner is active                                              -> reduced
+13. idle time unknown (no activity source) -> ``activity.when_unknown``
+14. the owner has been away ``idle_minutes``                          -> full
 
 Stepping down is immediate. Hysteresis: after a policy pause (3-8) clears, the agent stays paused until it has
 stayed clear for ``resume_after_seconds``, so a CPU spike or a flickering battery state does not flap the server.
@@ -50,6 +51,7 @@ class Observations:
     other_gpu_percent: float | None = None
     exclusive_program: str | None = None  # the name of one running exclusive program
     server_memory_gb: float | None = None
+    owner_requests: int = 0  # the owner's own generations running through this agent now
 
     @classmethod
     def at(cls, now: float | None = None, **values: object) -> Observations:
@@ -122,6 +124,8 @@ def _rule(obs: Observations, settings: Settings, state: ThrottleState) -> tuple[
     if obs.other_cpu_percent is not None and obs.other_cpu_percent > activity.other_cpu_percent_max:
         limit = activity.other_cpu_percent_max
         return "cpu", "paused", f"other programs use the CPU ({obs.other_cpu_percent:.0f}% > {limit:.0f}%)"
+    if obs.owner_requests > 0:
+        return "owner", "full", "serving your own request"
     idle = obs.idle_seconds
     if idle is None:
         mode = activity.when_unknown

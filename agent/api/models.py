@@ -115,8 +115,8 @@ class ComputeMeasure(Answer):
     model: str
     device: str
     dtype: str
-    tokens_per_second: float  # per block, as the engine announces it
-    forward_tokens_per_second: float | None = None
+    tokens_per_second: float  # one-token inference steps/s through one block (the interactive speed)
+    forward_tokens_per_second: float | None = None  # tokens/s of a bulk forward through one block
 
 
 class NetworkMeasure(Answer):
