@@ -62,6 +62,7 @@ class Supervisor:
         self.ready: dict | None = None
         self.restarts = 0
         self.failed: str | None = None
+        self.last_crash = ""
         self.output: collections.deque[str] = collections.deque(maxlen=50)
         self._crashes: collections.deque[float] = collections.deque()
         self._wanted = False
@@ -113,7 +114,7 @@ class Supervisor:
                 if self._closed:
                     return
             if backoff:
-                self._emit("crashed", detail=f"restarting in {backoff:.0f} s")
+                self._emit("crashed", detail=f"{self.last_crash}; restarting in {backoff:.0f} s")
                 with self._wake:
                     self._wake.wait_for(lambda: self._closed or not self._wanted, timeout=backoff)
                     if self._closed or not self._wanted:
@@ -128,7 +129,7 @@ class Supervisor:
             self._crashes.append(now)
             while self._crashes and now - self._crashes[0] > self.crash_window:
                 self._crashes.popleft()
-            reason = _exit_reason(code, self.output)
+            reason = self.last_crash = _exit_reason(code, self.output)
             if len(self._crashes) >= self.crash_limit:
                 minutes = self.crash_window / 60
                 self.failed = f"{self.name} crashed {len(self._crashes)} times in {minutes:.0f} min; last: {reason}"
