@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from agent.cli_agent import AGENT_COMMANDS, add_agent_commands
 from agent.cli_args import add_dataclass_options, dataclass_from_args
 
 DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
@@ -252,25 +253,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(demo, ClientSettings)
     demo.set_defaults(run=cmd_demo, greedy=True)
 
+    add_agent_commands(commands)
+
     for sub in (dht, serve):
         sub.add_argument("--ready-json", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
+def _agent_errors() -> tuple[type[Exception], ...]:
+    from agent.client import AgentClientError
+    from agent.service import AlreadyRunning
+    from agent.settings import UnknownSettingError
+    from agent.settings_file import SettingsError
+
+    return (AgentClientError, AlreadyRunning, SettingsError, UnknownSettingError, OSError)
+
+
+def build_agent_parser() -> argparse.ArgumentParser:
+    """Only the agent's commands: they never load torch, so ``nectar status`` answers at once."""
+    parser = argparse.ArgumentParser(prog="nectar", description="Control the Nectar volunteer agent.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    add_agent_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    return build_agent_parser() if command in AGENT_COMMANDS else build_parser()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser_for(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command in ("dht", "serve") else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from engine.errors import USER_ERRORS
-
+    agent_errors = _agent_errors()
     try:
         return args.run(args)
+    except agent_errors as error:
+        print(f"nectar: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as error:
+    except Exception as error:
+        from engine.errors import USER_ERRORS  # the engine loads only when a command needed it
+
+        if not isinstance(error, USER_ERRORS):
+            raise
         print(f"nectar: error: {error}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,7 +22,9 @@ INFERENCE, TRAINING = 0, 1  # priorities: lower runs first
 class PriorityExecutor:
     """Runs callables on one worker thread in priority order, returning asyncio futures."""
 
-    def __init__(self, name: str = "nectar-compute"):
+    def __init__(self, name: str = "nectar-compute", after_job: Callable[[tuple, float], None] | None = None):
+        """``after_job(args, seconds)`` runs on the worker thread after each job (a throttle may rest there)."""
+        self._after_job = after_job
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()  # FIFO among equal priorities
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -44,12 +47,15 @@ class PriorityExecutor:
                 return
             if future.cancelled():
                 continue
+            started = time.perf_counter()
             try:
                 result = fn(*args)
             except BaseException as error:  # handed to the awaiting coroutine, never lost
                 loop.call_soon_threadsafe(_set_exception, future, error)
             else:
                 loop.call_soon_threadsafe(_set_result, future, result)
+            if self._after_job is not None:
+                self._after_job(args, time.perf_counter() - started)
 
 
 def _set_result(future: asyncio.Future, result: object) -> None:

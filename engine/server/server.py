@@ -20,6 +20,7 @@ from engine.server import placement
 from engine.server.activations import ActivationStore
 from engine.server.adapters import AdapterSet
 from engine.server.backend import SpanBackend
+from engine.server.control import ServerControl
 from engine.server.executor import PriorityExecutor
 from engine.server.handler import BlockServicer
 from engine.server.memory import CacheBudget
@@ -101,6 +102,10 @@ class ServerSettings:
     training_cache_mb: int = field(
         default=1024, metadata={"help": "MiB of activations kept from a forward for its backward (0: recompute)"}
     )
+    control_dir: str | None = field(
+        default=None,
+        metadata={"help": "directory of the throttle file this server follows and the status file it writes"},
+    )
 
 
 def parse_blocks(text: str | None, total: int) -> tuple[int, int]:
@@ -159,6 +164,9 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
     me = p2p.peer_id.to_base58()
     state = {"value": ServerState.JOINING}
     host: SpanHost | None = None
+    control = ServerControl(settings.control_dir) if settings.control_dir else None
+    if control is not None:
+        control.read()
 
     def make_backend(span, budget: CacheBudget) -> SpanBackend:
         adapters = AdapterSet(span)
@@ -173,7 +181,7 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
             start=span[0],
             end=span[1],
             state=new_state,
-            throughput=throughput,
+            throughput=throughput * (control.throttle.throughput_scale if control is not None else 1.0),
             inference_rps=measured.inference_rps,
             free_cache_tokens=backend.free_cache_tokens if backend is not None else 0,
             max_request_tokens=settings.max_request_tokens,
@@ -225,7 +233,7 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
         raise
     state["value"] = ServerState.ONLINE
     await host.announce()
-    executor = PriorityExecutor()
+    executor = PriorityExecutor(after_job=control.after_job if control is not None else None)
 
     def record() -> ServerRecord:
         return make_record((host.start, host.end), state["value"])
@@ -254,6 +262,13 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
                 node, prefix, total, host.span_info, move, settings.rebalance_period, settings.balance_quality, rng
             )
         )
+    controller = None
+    if control is not None:
+
+        def status() -> dict:
+            return {**record().to_dict(), "sessions_open": servicer.active_sessions}
+
+        controller = asyncio.create_task(control.run(status, announce_now))
     maddrs = [str(addr) for addr in await p2p.get_visible_maddrs()]
     info = {"peer_id": me, "blocks": [host.start, host.end], "maddrs": maddrs, "dht_prefix": prefix}
     logger.info("serving blocks %d:%d of %s as %s", host.start, host.end, prefix, me)
@@ -265,6 +280,8 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
         announcer.cancel()
         if rebalancer is not None:
             rebalancer.cancel()
+        if controller is not None:
+            controller.cancel()
         await _leave(servicer, settings, lambda new_state: state.update(value=new_state), announce_now)
         await servicer.remove_p2p_handlers(p2p)
         executor.shutdown()

@@ -1,0 +1,185 @@
+"""The agent process: one per data directory; settings, API, and the parts that lend the machine.
+
+``Agent.start()`` takes the data directory's lock (a second agent is told where the first one's API is), loads
+the settings, opens the API on 127.0.0.1 and publishes its address; ``Agent.run()`` waits for SIGTERM, Ctrl-C
+or the API's stop; ``Agent.close()`` stops every part in reverse order (the server drains first).
+Parts (the supervisor, the activity loop, ...) are objects with ``start()`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import filelock
+from fastapi import APIRouter
+
+from agent.activity.base import IdleSource
+from agent.activity.choose import choose_idle_source
+from agent.activity.monitor import ActivityMonitor
+from agent.api.app import create_app
+from agent.api.auth import load_or_create_token
+from agent.api.server import ApiAddress, ApiServer, unpublish
+from agent.benchmark import BenchmarkCache
+from agent.lending import Lender
+from agent.logs import RedactingFilter, remove_agent_logging, setup_agent_logging
+from agent.paths import AgentPaths
+from agent.settings_file import LoadedSettings, SettingsFile, validate
+from agent.state import AgentState
+from agent.stats import StatsDB
+
+logger = logging.getLogger(__name__)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another agent holds this data directory."""
+
+
+class Part(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def load_settings(paths: AgentPaths, overrides: dict[str, Any] | None = None) -> LoadedSettings:
+    """The file's settings, with ``{"group.name": value}`` overrides (command-line flags, not saved) on top."""
+    loaded = SettingsFile(paths.config_file).load()
+    if overrides:
+        data = loaded.settings.model_dump()
+        for key, value in overrides.items():
+            group, _, name = key.partition(".")
+            data[group][name] = value
+        loaded = LoadedSettings(validate(data, "command line"), loaded.warnings)
+    return loaded
+
+
+class Agent:
+    """Composition root of a running agent."""
+
+    def __init__(
+        self,
+        paths: AgentPaths | None = None,
+        overrides: dict[str, Any] | None = None,
+        extra_routers: Sequence[APIRouter] = (),
+        log_to_stderr: bool = True,
+        lend: bool = True,
+        idle_source_factory: Callable[[str], IdleSource] | None = None,
+        child_env: dict[str, str] | None = None,
+    ):
+        """``lend=False``: settings and API only (tests of the API); ``idle_source_factory`` and ``child_env``
+        replace the idle-time source and add environment variables for the child processes (tests)."""
+        self.paths = (paths or AgentPaths.default()).create()
+        self.overrides, self.extra_routers, self.log_to_stderr = overrides or {}, extra_routers, log_to_stderr
+        self.lend, self.idle_source_factory, self.child_env = lend, idle_source_factory, child_env
+        self.stats: StatsDB | None = None
+        self.lender: Lender | None = None
+        self.monitor: ActivityMonitor | None = None
+        self.state: AgentState | None = None
+        self.api: ApiServer | None = None
+        self.parts: list[Part] = []
+        self.redact: RedactingFilter | None = None
+        self._lock = filelock.FileLock(str(self.paths.lock_file), timeout=0)
+
+    def start(self) -> Agent:
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            address = ApiAddress.read(self.paths.api_file)
+            where = f", its API is at {address.url} (pid {address.pid})" if address else ""
+            raise AlreadyRunning(f"an agent is already running for {self.paths.data_dir}{where}") from None
+        try:
+            loaded = load_settings(self.paths, self.overrides)
+            logs = loaded.settings.logs
+            self.redact = setup_agent_logging(
+                self.paths.agent_log, logs.level, logs.max_mb, logs.keep, self.log_to_stderr
+            )
+            for warning in loaded.warnings:
+                logger.warning("%s", warning)
+            self.state = AgentState(self.paths, loaded)
+            token = load_or_create_token(self.paths.token_file)
+            app = create_app(self.state, token, self.extra_routers)
+            api = loaded.settings.api
+            self.api = ApiServer(app, api.host, api.port).start()
+            self.api.publish(self.paths.api_file, self.paths.token_file)
+            self.stats = StatsDB(self.paths.stats_db)
+            self.state.stats = self.stats
+            self.state.benchmark = BenchmarkCache(self.paths, lambda: self.state.settings, self._swarm_peers)
+            self.state.evaluate()
+            if self.lend:
+                self._add_lending_parts()
+            for part in self.parts:
+                part.start()
+            if self.lend:
+                self._benchmark_if_stale()
+        except BaseException:
+            self.close()
+            raise
+        logger.info("agent started: data in %s, API at %s", self.paths.data_dir, self.api.url)
+        return self
+
+    def add_part(self, part: Part) -> None:
+        self.parts.append(part)
+
+    def _swarm_peers(self) -> list[str]:
+        return list(self.lender.initial_peers) if self.lender is not None else []
+
+    def _benchmark_if_stale(self) -> None:
+        """At start, without a fresh cached result: measure in the background (the API answers meanwhile)."""
+        cache = self.state.benchmark
+        if cache is None or cache.is_fresh():
+            return
+
+        def measure() -> None:
+            try:
+                cache.measure()
+                logger.info("benchmark cached in %s", self.paths.benchmark_file)
+            except Exception as error:
+                self.state.record_error(f"benchmark failed: {error}")
+
+        threading.Thread(target=measure, name="nectar-benchmark", daemon=True).start()
+
+    def _add_lending_parts(self) -> None:
+        self.lender = Lender(self.state, self.stats, self.child_env)
+        factory = self.idle_source_factory or choose_idle_source
+        self.monitor = ActivityMonitor(self.state, self.lender.own_pids, self.lender.server_memory_gb, factory)
+        self.parts += [self.monitor, self.lender]  # the first mode is known before the server starts; it drains first
+
+    def run(self) -> None:
+        """Block until SIGTERM, SIGINT or the API's stop (signal handlers only from the main thread)."""
+        state = self.state
+        if state is None:
+            raise RuntimeError("start the agent first")
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: state.request_stop())
+        while not state.stop_requested.wait(0.5):
+            pass
+        logger.info("stopping%s", f": {state.stop_reason}" if state.stop_reason else "")
+
+    def close(self) -> None:
+        for part in reversed(self.parts):
+            try:
+                part.stop()
+            except Exception:  # one part failing to stop must not leave the others running
+                logger.exception("stopping %s failed", type(part).__name__)
+        if self.api is not None:
+            unpublish(self.paths.api_file)
+            self.api.stop()
+            self.api = None
+        self.parts.clear()
+        if self.stats is not None:
+            self.stats.close()
+            self.stats = None
+        if self._lock.is_locked:
+            self._lock.release()
+        if self.redact is not None:
+            remove_agent_logging()
+            self.redact = None
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

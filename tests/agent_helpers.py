@@ -1,0 +1,49 @@
+"""Helpers for the agent's tests: a keyring backend that lives in memory, and an agent on a temporary home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keyring
+from keyring.backend import KeyringBackend
+
+from agent.paths import AgentPaths
+from agent.service import Agent
+
+
+class MemoryKeyring(KeyringBackend):
+    """A working keyring for tests: headless Linux has none, and tests must not touch a real one."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.values.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.values[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        from keyring.errors import PasswordDeleteError
+
+        if self.values.pop((service, username), None) is None:
+            raise PasswordDeleteError(username)
+
+
+def use_keyring(backend: KeyringBackend) -> KeyringBackend:
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    return previous
+
+
+def temp_paths(root: Path) -> AgentPaths:
+    return AgentPaths(root / "config", root / "data", root / "cache", root / "logs").create()
+
+
+def start_agent(root: Path, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Agent:
+    """An agent with its API on a free port of 127.0.0.1 and nothing else running."""
+    return Agent(temp_paths(root), {"api.port": 0, **(overrides or {})}, log_to_stderr=False, **kwargs).start()
