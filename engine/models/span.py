@@ -7,8 +7,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from engine.hf.cache import LayerCache, cache_argument
-from engine.hf.masks import attention_mask
-from engine.models.base import ModelFamily
+from engine.models.base import ModelFamily, StepInputs
 from engine.models.registry import get_family
 from engine.weights import ModelSource
 
@@ -69,7 +68,7 @@ class BlockSpan(nn.Module):
         self.family, self.config = family, config
         self.start, self.end = start, start + len(layers)
         self.layers = nn.ModuleList(layers)
-        self.rotary = family.make_rotary(config)
+        self.positions = family.make_positions(config)
         self.windows = [family.sliding_window(config, index) for index in range(self.start, self.end)]
 
     @property
@@ -102,28 +101,17 @@ class BlockSpan(nn.Module):
         """
         start = self.start if start is None else start
         end = self.end if end is None else end
-        new_tokens = hidden.shape[1]
-        position_ids = torch.arange(position, position + new_tokens, device=hidden.device)[None]
-        position_embeddings = self.family.position_embeddings(self.rotary, hidden, position_ids)
-        masks: dict[int | None, torch.Tensor | None] = {}
+        step = StepInputs(self.family, self.config, self.positions, hidden, position)
         if cache is not None:
             cache.length = position  # the caller checked position <= cache.length; a smaller one rolls back
         for index in range(start, end):
             if prompts is not None:
                 hidden = _add_prompt(hidden, prompts[index - start], position)
-            window = self.windows[index - self.start]
-            if window not in masks:
-                masks[window] = attention_mask(position, new_tokens, window, hidden.device)
             layer = self.layers[index - self.start]
-            hidden = layer(
-                hidden,
-                attention_mask=masks[window],
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-                **cache_argument(layer, cache),
-            )
+            inputs = {**step.for_layer(index), **cache_argument(layer, cache)}
+            hidden = self.family.run_layer(layer, hidden, inputs)
         if cache is not None:
-            cache.length = position + new_tokens
+            cache.length = position + step.new_tokens
         return hidden
 
 
@@ -152,7 +140,7 @@ def load_span(source: ModelSource, start: int, end: int, dtype: torch.dtype, dev
     for index in range(start, end):
         with torch.device("meta"):
             layer = family.make_layer(config, index)
-        state = source.read_prefix(family.block_prefix(index), dtype=dtype)
+        state = family.block_state(source.read_prefix(family.block_prefix(index), dtype=dtype))
         layer.load_state_dict({name: tensor.to(device) for name, tensor in state.items()}, assign=True, strict=True)
         layers.append(layer.eval().requires_grad_(False))
     span = BlockSpan(family, config, start, layers)
