@@ -33,6 +33,8 @@ def fuse_mixtral_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         order = sorted(experts)
         if order != list(range(len(order))) or any(set(experts[i]) != {"w1", "w2", "w3"} for i in order):
             raise ValueError("the checkpoint's expert tensors are incomplete: each expert needs w1, w2 and w3")
-        fused["mlp.experts.gate_up_proj"] = torch.stack([torch.cat([experts[i]["w1"], experts[i]["w3"]]) for i in order])
+        fused["mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([experts[i]["w1"], experts[i]["w3"]]) for i in order]
+        )
         fused["mlp.experts.down_proj"] = torch.stack([experts[i]["w2"] for i in order])
     return fused

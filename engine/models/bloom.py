@@ -35,7 +35,9 @@ class BloomFamily(ModelFamily):
             return additive_mask(allowed, hidden.dtype)
 
         return {
-            "alibi": step.shared("alibi", lambda: bloom_alibi(heads, hidden.shape[0], keys, hidden.dtype, hidden.device)),
+            "alibi": step.shared(
+                "alibi", lambda: bloom_alibi(heads, hidden.shape[0], keys, hidden.dtype, hidden.device)
+            ),
             "attention_mask": step.shared("mask", mask),
         }
 
