@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 from engine.hf.cache import LayerCache, cache_argument
 from engine.models.base import ModelFamily, StepInputs
 from engine.models.registry import get_family
+from engine.quantization import quantize_linears
 from engine.weights import ModelSource
 
 
@@ -73,7 +74,8 @@ class BlockSpan(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.layers.parameters()).dtype
+        """The dtype hidden states and caches take: that of the float parameters (quantized ones are integers)."""
+        return next(tensor.dtype for tensor in self.layers.parameters() if tensor.is_floating_point())
 
     @property
     def device(self) -> torch.device:
@@ -125,11 +127,14 @@ def _add_prompt(hidden: torch.Tensor, prompt: torch.Tensor, position: int) -> to
     return torch.cat([head, hidden[:, covered:]], dim=1)
 
 
-def load_span(source: ModelSource, start: int, end: int, dtype: torch.dtype, device: str = "cpu") -> BlockSpan:
+def load_span(
+    source: ModelSource, start: int, end: int, dtype: torch.dtype, device: str = "cpu", quantization: str = "none"
+) -> BlockSpan:
     """Build blocks [start, end) from a checkpoint, reading only their tensors.
 
     Layers are created on the meta device and take the loaded tensors as their parameters, so no memory is
-    spent on a random initialization that would be overwritten.
+    spent on a random initialization that would be overwritten. With ``quantization`` (int8, nf4) each block's
+    linear layers are quantized as soon as the block is read, so only one block is ever held in float.
     """
     config = source.config
     family = get_family(config)
@@ -141,7 +146,10 @@ def load_span(source: ModelSource, start: int, end: int, dtype: torch.dtype, dev
         with torch.device("meta"):
             layer = family.make_layer(config, index)
         state = family.block_state(source.read_prefix(family.block_prefix(index), dtype=dtype))
-        layer.load_state_dict({name: tensor.to(device) for name, tensor in state.items()}, assign=True, strict=True)
+        load_device = device if quantization == "none" else "cpu"  # bitsandbytes quantizes on the move to device
+        layer.load_state_dict({name: t.to(load_device) for name, t in state.items()}, assign=True, strict=True)
+        del state
+        layer = quantize_linears(layer, quantization, dtype, device, family.quantizable)
         layers.append(layer.eval().requires_grad_(False))
     span = BlockSpan(family, config, start, layers)
     return span.to(device)
