@@ -27,7 +27,7 @@ from engine.models.span import load_span
 from engine.quantization import at_least, check_quantization
 from engine.records import ServerRecord, ServerState
 from engine.server.adapters import AdapterSet
-from engine.server.span_size import block_weight_bytes
+from engine.server.span_size import block_cost, block_weight_bytes, blocks_that_fit
 from engine.weights import resolve_model
 
 pytest.importorskip("bitsandbytes")
@@ -62,6 +62,12 @@ def test_quantized_span_replaces_linears_and_is_sized_in_advance(tiny_checkpoint
     assert abs(loaded_bytes(span) - predicted) / predicted < 0.1
     full = 2 * block_weight_bytes(source.config, torch.float32)
     assert predicted < (0.3 if quantization == "int8" else 0.2) * full  # tiny blocks: the linears are nearly all
+    budget = 64 * full  # the same memory holds several times more quantized blocks
+    fit = [
+        blocks_that_fit(budget, block_cost(source.config, torch.float32, 0, 1, q), 10**6)
+        for q in ("none", quantization)
+    ]
+    assert fit[1] > 3 * fit[0]
     reference = load_span(source, 0, 2, torch.float32)
     hidden = torch.randn(2, 6, source.config.hidden_size)
     with torch.inference_mode():
