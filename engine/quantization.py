@@ -10,7 +10,7 @@ Precision order for clients that ask for a minimum (``at_least``): nf4 < int8 < 
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable
 
 import torch
@@ -53,14 +53,26 @@ def quantize_linears(
     """
     if quantization == "none":
         return module
-    # LLM.int8 runs its int8 matmul from float16 inputs; bitsandbytes warns about the cast on every call
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    _quiet_cast_notice()
     for name, child in list(module.named_modules()):
         if isinstance(child, nn.Linear) and keep(name, child):
             parent_name, _, attribute = name.rpartition(".")
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, attribute, _quantized(child, quantization, dtype, device))
     return module
+
+
+class _DropCastNotice(logging.Filter):
+    """LLM.int8 runs its matmul from float16 inputs, and bitsandbytes logs a warning about the cast on every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _quiet_cast_notice() -> None:
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(item, _DropCastNotice) for item in bnb_logger.filters):
+        bnb_logger.addFilter(_DropCastNotice())
 
 
 def _quantized(linear: nn.Linear, quantization: str, dtype: torch.dtype, device: str) -> nn.Module:
