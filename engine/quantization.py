@@ -10,6 +10,7 @@ Precision order for clients that ask for a minimum (``at_least``): nf4 < int8 < 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable
 
@@ -59,7 +60,35 @@ def quantize_linears(
             parent_name, _, attribute = name.rpartition(".")
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, attribute, _quantized(child, quantization, dtype, device))
+    _own_copies(module)
+    release_freed_memory()
     return module
+
+
+def _own_copies(module: nn.Module) -> None:
+    """Copy the float tensors left (norms, biases) out of the checkpoint's memory map.
+
+    Tensors read with safetensors share its mapping of the file; while any of them lives, every page read during
+    quantization (the float weights, now dropped) stays mapped into this process and counts as its memory.
+    """
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point() and tensor.device.type == "cpu":
+            tensor.data = tensor.data.clone()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the quantization's temporaries back to the OS (glibc keeps it in its heap otherwise).
+
+    Quantizing a block allocates and frees tens of megabytes in pieces glibc keeps for reuse; without a trim the
+    process would keep about two float blocks' worth of freed heap per quantized block. A no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class _DropCastNotice(logging.Filter):
