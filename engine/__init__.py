@@ -5,6 +5,9 @@ Map of the package:
   span of decoder layers with a per-session attention cache.
 - ``weights.py``: finds a model (directory, Hugging Face cache, GGUF file, alias) and reads only the tensors asked for.
 - ``gguf_cache.py``: converts a GGUF file once into a cached safetensors directory.
+- ``packaged_models.py``: aliases of models that Python packages ship as GGUF files (assembled from parts once).
+- ``quantization.py``: int8 / nf4 blocks with bitsandbytes, quantized as they load; precision order for clients.
+- ``hf/``: every place that leans on transformers internals, one module per concern.
 - ``records.py``: the DHT record that a server announces for each block, and reading the swarm's coverage.
 - ``wire.py``: the RPC message format (tensors plus msgpack metadata) and the errors that cross the wire.
 - ``server/``: a server process (block backend, cache budget, RPC handler, announcer, throughput, placement).

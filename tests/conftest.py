@@ -38,6 +38,18 @@ TINY_CONFIGS = {
     "mistral": dict(model_type="mistral", sliding_window=None),
     "qwen2": dict(model_type="qwen2", use_sliding_window=False),
     "qwen3": dict(model_type="qwen3", head_dim=16),
+    "mixtral": dict(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
+    # multi-query attention, parallel attention and MLP, rotary positions (Falcon-7B's layout)
+    "falcon": dict(model_type="falcon", multi_query=True, parallel_attn=True, alibi=False, bias=False),
+    "bloom": dict(model_type="bloom"),  # ALiBi positions, fused qkv with biases, embedding LayerNorm
+    # global and 4-token sliding layers with their own rotary tables, scaled embeddings, soft-capped logits
+    "gemma3_text": dict(
+        model_type="gemma3_text",
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0,
+    ),
 }
 
 
@@ -47,8 +59,7 @@ def make_tiny_checkpoint(path: Path, family: str, num_layers: int = 4, seed: int
 
     spec = dict(TINY_CONFIGS[family])
     model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(
-        model_type,
+    shape = dict(
         vocab_size=128,
         hidden_size=64,
         intermediate_size=128,
@@ -57,8 +68,10 @@ def make_tiny_checkpoint(path: Path, family: str, num_layers: int = 4, seed: int
         num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=False,
-        **spec,
     )
+    if "layer_types" in spec:
+        spec["layer_types"] = (spec["layer_types"] * num_layers)[:num_layers]
+    config = AutoConfig.for_model(model_type, **{**shape, **spec})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(path)
@@ -109,6 +122,7 @@ MODEL_TEST_FILES = {
     "test_finetune.py",
     "test_finetune_swarm.py",
     "test_generation.py",
+    "test_quantization.py",
 }
 
 

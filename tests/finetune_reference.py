@@ -1,8 +1,9 @@
 """What one process computes for the fine-tuning tests to compare the swarm against.
 
 Not a test module. The reference is transformers' own model of the checkpoint: the trainable prefix goes in
-front of ``inputs_embeds`` and each decoder layer gets its deep prompt added by a forward pre-hook, so nothing
-of the engine's span code is shared with what it is checked against.
+front of the first decoder layer's input (put there by a forward pre-hook, since some families transform
+``inputs_embeds`` before that layer) and each decoder layer gets its deep prompt added by another pre-hook, so
+nothing of the engine's span code is shared with what it is checked against.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from reference import layer_outputs, load_reference
+from reference import decoder_layers, layer_outputs, load_reference
 
 from engine.client.ptune import causal_lm_loss
 
@@ -36,7 +37,8 @@ def deep_prompt_hooks(model, deep: torch.Tensor | None) -> Iterator[None]:
         return add
 
     handles = [
-        layer.register_forward_pre_hook(hook(index), with_kwargs=True) for index, layer in enumerate(model.model.layers)
+        layer.register_forward_pre_hook(hook(index), with_kwargs=True)
+        for index, layer in enumerate(decoder_layers(model))
     ]
     try:
         yield
@@ -45,18 +47,43 @@ def deep_prompt_hooks(model, deep: torch.Tensor | None) -> Iterator[None]:
             handle.remove()
 
 
-def local_hidden(model, prefix: torch.Tensor, embeds: torch.Tensor, deep: torch.Tensor | None) -> torch.Tensor:
-    """Final hidden states before the norm, for the input tokens (prefix dropped), with autograd."""
+def replace_first_input(model, hidden: torch.Tensor):
+    """A pre-hook handle that makes the first decoder layer take ``hidden`` whatever the model computed before it."""
+
+    def replace(module, args, kwargs):
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    return decoder_layers(model)[0].register_forward_pre_hook(replace, with_kwargs=True)
+
+
+def local_forward(
+    model, prefix: torch.Tensor, embeds: torch.Tensor, deep: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final hidden states before the norm, logits), for the input tokens (prefix dropped), with autograd.
+
+    ``embeds`` are block 0's inputs (what the client sends the swarm).
+    """
     captured: list[torch.Tensor] = []
-    handle = model.model.layers[-1].register_forward_hook(lambda module, args, output: captured.append(output))
+    layers = decoder_layers(model)
     inputs = torch.cat([prefix.expand(embeds.shape[0], -1, -1), embeds], dim=1)
+    handles = [
+        replace_first_input(model, inputs),
+        layers[-1].register_forward_hook(lambda module, args, output: captured.append(output)),
+    ]
     try:
         with deep_prompt_hooks(model, deep):
-            model(inputs_embeds=inputs, use_cache=False)
+            logits = model(inputs_embeds=torch.zeros_like(inputs), use_cache=False).logits
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     output = captured[0][0] if isinstance(captured[0], tuple) else captured[0]
-    return output[:, prefix.shape[0] :]
+    return output[:, prefix.shape[0] :], logits[:, prefix.shape[0] :]
+
+
+def local_hidden(model, prefix: torch.Tensor, embeds: torch.Tensor, deep: torch.Tensor | None) -> torch.Tensor:
+    return local_forward(model, prefix, embeds, deep)[0]
 
 
 def local_lm_step(model, prefix, deep, embeds, labels) -> dict[str, torch.Tensor]:
@@ -69,8 +96,7 @@ def local_lm_step(model, prefix, deep, embeds, labels) -> dict[str, torch.Tensor
         deep = deep.detach().clone().requires_grad_(True)
         leaves["deep"] = deep
         expanded = deep.unsqueeze(1).expand(-1, embeds.shape[0], -1, -1)
-    hidden = local_hidden(model, prefix, embeds, expanded)
-    loss = causal_lm_loss(model.lm_head(model.model.norm(hidden)), labels)
+    loss = causal_lm_loss(local_forward(model, prefix, embeds, expanded)[1], labels)
     loss.backward()
     return {"loss": loss.detach(), **{name: leaf.grad for name, leaf in leaves.items()}}
 

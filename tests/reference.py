@@ -11,7 +11,7 @@ import torch
 from conftest import make_tiny_checkpoint
 from safetensors.torch import load_file, save_file
 
-FAMILY_SEEDS = {"llama": 0, "mistral": 1, "qwen2": 2, "qwen3": 3}
+FAMILY_SEEDS = {"llama": 0, "mistral": 1, "qwen2": 2, "qwen3": 3, "bloom": 2}  # seeds with varied greedy output
 
 
 def make_lively_checkpoint(path: Path, family: str, num_layers: int = 4, scale: float = 10.0) -> Path:
@@ -34,22 +34,44 @@ def load_reference(path: Path | str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """transformers' list of decoder layers of ``model``, found where the family's checkpoint names put it."""
+    from engine.models import get_family
+
+    return model.get_submodule(get_family(model.config).layers_prefix.rstrip("."))
+
+
+def final_norm(model) -> torch.nn.Module:
+    from engine.models import get_family
+
+    return model.get_submodule(get_family(model.config).norm_prefix.rstrip("."))
+
+
 def layer_outputs(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(embeddings, output of each decoder layer) of one full forward pass of transformers' model."""
+    """(input of block 0, output of each decoder layer) of one full forward pass of transformers' model.
+
+    The input of block 0 is what the client sends the swarm: embeddings as the family prepares them (scaled for
+    Gemma, normalized for BLOOM), captured from the model itself.
+    """
     outputs: list[torch.Tensor] = []
-    hooks = [
-        layer.register_forward_hook(lambda module, args, output: outputs.append(output.detach().clone()))
-        for layer in model.model.layers
-    ]
+    inputs: list[torch.Tensor] = []
+    layers = decoder_layers(model)
+
+    def keep_input(module, args, kwargs):
+        inputs.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    def keep_output(module, args, output):
+        outputs.append((output[0] if isinstance(output, tuple) else output).detach().clone())
+
+    hooks = [layer.register_forward_hook(keep_output) for layer in layers]
+    hooks.append(layers[0].register_forward_pre_hook(keep_input, with_kwargs=True))
     try:
         with torch.no_grad():
             model(input_ids, use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()
-    with torch.no_grad():
-        embeddings = model.model.embed_tokens(input_ids)
-    return embeddings, outputs
+    return inputs[0], outputs
 
 
 def greedy_reference(model, input_ids: list[int], new_tokens: int, eos: bool = False) -> list[int]:

@@ -151,6 +151,11 @@ def test_serve_unknown_dtype(capsys, tiny_checkpoints) -> None:
     assert code == 2 and "unknown dtype 'int8'" in line
 
 
+def test_serve_unknown_quantization(capsys, tiny_checkpoints) -> None:
+    code, line = run_main(capsys, "serve", str(tiny_checkpoints("llama")), "--new-swarm", "--quant", "int4")
+    assert code == 2 and line == "nectar: error: --quant must be one of none, int8, nf4, got 'int4'"
+
+
 def test_serve_a_directory_that_is_no_model(capsys, tmp_path: Path) -> None:
     code, line = run_main(capsys, "serve", str(tmp_path), "--new-swarm")
     assert code == 2 and line.endswith("is a directory but has no config.json: not a model checkpoint")
@@ -161,7 +166,7 @@ def test_serve_an_unsupported_architecture(capsys, tmp_path: Path) -> None:
 
     AutoConfig.for_model("gpt2", n_layer=2, n_embd=8, n_head=2).save_pretrained(tmp_path)
     code, line = run_main(capsys, "serve", str(tmp_path), "--new-swarm")
-    assert code == 2 and "model type 'gpt2' is not supported; supported: llama" in line
+    assert code == 2 and "model type 'gpt2' is not supported; supported: bloom, falcon, gemma3_text, llama" in line
 
 
 def test_generate_with_invalid_sampling_settings(capsys, tiny_checkpoints) -> None:

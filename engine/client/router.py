@@ -21,6 +21,7 @@ from engine.client.routing import (
     inference_route,
     make_route,
     missing_blocks,
+    precise_enough,
     serving_adapter,
 )
 from engine.records import ServerRecord, ServerState, spans_of
@@ -69,7 +70,7 @@ class Router:
         self, start: int, end: int, cache_tokens: int, excluded: set[str], adapter: str | None = None
     ) -> list[Hop]:
         """Lowest-latency chain over [start, end) for a session needing ``cache_tokens`` tokens of cache per server."""
-        blocks = self._with_adapter(await self.view(start, end), start, end, adapter)
+        blocks = self._eligible(await self.view(start, end), start, end, adapter)
         banned = self.bans.banned()
         candidates = {
             record.peer_id
@@ -91,7 +92,7 @@ class Router:
 
     async def training_chain(self, start: int, end: int, adapter: str | None = None) -> list[Hop]:
         """A chain over [start, end) for forward/backward: load spread by throughput, banned servers last."""
-        blocks = self._with_adapter(await self.view(start, end), start, end, adapter)
+        blocks = self._eligible(await self.view(start, end), start, end, adapter)
         banned = self.bans.banned()
         try:
             return make_route(blocks, start, end, banned, self.rng)
@@ -99,6 +100,18 @@ class Router:
             if not banned:
                 raise
             return make_route(blocks, start, end, (), self.rng)  # only banned servers left: better than nothing
+
+    def _eligible(
+        self, blocks: dict[int, list[ServerRecord]], start: int, end: int, adapter: str | None
+    ) -> dict[int, list[ServerRecord]]:
+        """Servers precise enough for this client and holding ``adapter``; says which condition leaves a gap."""
+        minimum = self.settings.min_precision
+        precise = precise_enough(blocks, minimum)
+        if not missing_blocks(blocks, start, end):
+            missing = missing_blocks(precise, start, end)
+            if missing:
+                raise MissingBlocksError(missing, f"no server there has weights at least as precise as {minimum}")
+        return self._with_adapter(precise, start, end, adapter)
 
     @staticmethod
     def _with_adapter(

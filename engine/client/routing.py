@@ -13,6 +13,7 @@ import random
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from engine.quantization import at_least
 from engine.records import ServerRecord, ServerState
 
 # Added to a hop's cost to avoid a server unless nothing else covers its blocks. Bans outweigh a lack of cache:
@@ -164,6 +165,14 @@ def serving_adapter(blocks: Mapping[int, Sequence[ServerRecord]], adapter: str |
     if adapter is None:
         return {index: list(records) for index, records in blocks.items()}
     return {index: [record for record in records if adapter in record.adapters] for index, records in blocks.items()}
+
+
+def precise_enough(blocks: Mapping[int, Sequence[ServerRecord]], minimum: str) -> dict[int, list[ServerRecord]]:
+    """The records of servers whose weights are at least as precise as ``minimum`` (none > int8 > nf4)."""
+    return {
+        index: [record for record in records if at_least(record.quantization, minimum)]
+        for index, records in blocks.items()
+    }
 
 
 def _usable(record: ServerRecord, excluded: Collection[str]) -> bool:

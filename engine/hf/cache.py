@@ -4,7 +4,10 @@ transformers' attention modules call ``cache.update(key, value, layer_idx, ...)`
 returns. The extra arguments changed over 5.x: up to 5.23 a positional ``cache_kwargs`` dict, since 5.24 a
 ``kwargs=`` keyword. We accept and ignore any of them: positions are ours to manage (see ``SpanCache``).
 The decoder layer takes the cache as ``past_key_values`` up to 5.23 and as ``cache`` from 5.24 on (the old
-name is deprecated until 5.40), so the keyword is read from the layer's signature once per class.
+name is deprecated until 5.40), so the keyword is read from the layer's signature once per class. Falcon's and
+BLOOM's layers still take it as ``layer_past`` and call ``update(key, value, layer_idx)`` with no extra argument;
+Falcon's layers hand ``update`` one key head when multi-query and every query head in the new architecture
+(``FalconFamily.kv_shape`` sizes the cache for that).
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ class LayerCache:
 def cache_keyword(layer_class: type[nn.Module]) -> str:
     """The keyword under which ``layer_class.forward`` takes the attention cache."""
     parameters = inspect.signature(layer_class.forward).parameters
-    for name in ("cache", "past_key_values", "past_key_value"):
+    for name in ("cache", "past_key_values", "past_key_value", "layer_past"):
         if name in parameters:
             return name
     raise TypeError(
-        f"{layer_class.__name__}.forward takes no cache argument (looked for cache, past_key_values); "
+        f"{layer_class.__name__}.forward takes no cache argument (looked for cache, past_key_values, layer_past); "
         "this transformers version changed the decoder layer's signature: update engine/hf/cache.py"
     )
 

@@ -28,6 +28,15 @@ def attention_mask(position: int, new_tokens: int, window: int | None, device: t
     total = position + new_tokens
     if (window is None or total <= window) and (new_tokens == 1 or position == 0):
         return None
+    return allowed_keys(position, new_tokens, window, device)
+
+
+def allowed_keys(position: int, new_tokens: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """The causal (and windowed) mask, always materialized: (1, 1, queries, keys), True = may attend.
+
+    Layers whose attention does not apply causality itself (BLOOM's, or any that takes a float bias) need it whole.
+    """
+    total = position + new_tokens
     queries = torch.arange(position, total, device=device)[:, None]
     keys = torch.arange(total, device=device)[None, :]
     allowed = keys <= queries

@@ -7,9 +7,9 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from engine.hf.cache import LayerCache, cache_argument
-from engine.hf.masks import attention_mask
-from engine.models.base import ModelFamily
+from engine.models.base import ModelFamily, StepInputs
 from engine.models.registry import get_family
+from engine.quantization import quantize_linears
 from engine.weights import ModelSource
 
 
@@ -69,12 +69,13 @@ class BlockSpan(nn.Module):
         self.family, self.config = family, config
         self.start, self.end = start, start + len(layers)
         self.layers = nn.ModuleList(layers)
-        self.rotary = family.make_rotary(config)
+        self.positions = family.make_positions(config)
         self.windows = [family.sliding_window(config, index) for index in range(self.start, self.end)]
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.layers.parameters()).dtype
+        """The dtype hidden states and caches take: that of the float parameters (quantized ones are integers)."""
+        return next(tensor.dtype for tensor in self.layers.parameters() if tensor.is_floating_point())
 
     @property
     def device(self) -> torch.device:
@@ -102,28 +103,17 @@ class BlockSpan(nn.Module):
         """
         start = self.start if start is None else start
         end = self.end if end is None else end
-        new_tokens = hidden.shape[1]
-        position_ids = torch.arange(position, position + new_tokens, device=hidden.device)[None]
-        position_embeddings = self.family.position_embeddings(self.rotary, hidden, position_ids)
-        masks: dict[int | None, torch.Tensor | None] = {}
+        step = StepInputs(self.family, self.config, self.positions, hidden, position)
         if cache is not None:
             cache.length = position  # the caller checked position <= cache.length; a smaller one rolls back
         for index in range(start, end):
             if prompts is not None:
                 hidden = _add_prompt(hidden, prompts[index - start], position)
-            window = self.windows[index - self.start]
-            if window not in masks:
-                masks[window] = attention_mask(position, new_tokens, window, hidden.device)
             layer = self.layers[index - self.start]
-            hidden = layer(
-                hidden,
-                attention_mask=masks[window],
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-                **cache_argument(layer, cache),
-            )
+            inputs = {**step.for_layer(index), **cache_argument(layer, cache)}
+            hidden = self.family.run_layer(layer, hidden, inputs)
         if cache is not None:
-            cache.length = position + new_tokens
+            cache.length = position + step.new_tokens
         return hidden
 
 
@@ -137,11 +127,14 @@ def _add_prompt(hidden: torch.Tensor, prompt: torch.Tensor, position: int) -> to
     return torch.cat([head, hidden[:, covered:]], dim=1)
 
 
-def load_span(source: ModelSource, start: int, end: int, dtype: torch.dtype, device: str = "cpu") -> BlockSpan:
+def load_span(
+    source: ModelSource, start: int, end: int, dtype: torch.dtype, device: str = "cpu", quantization: str = "none"
+) -> BlockSpan:
     """Build blocks [start, end) from a checkpoint, reading only their tensors.
 
     Layers are created on the meta device and take the loaded tensors as their parameters, so no memory is
-    spent on a random initialization that would be overwritten.
+    spent on a random initialization that would be overwritten. With ``quantization`` (int8, nf4) each block's
+    linear layers are quantized as soon as the block is read, so only one block is ever held in float.
     """
     config = source.config
     family = get_family(config)
@@ -152,8 +145,11 @@ def load_span(source: ModelSource, start: int, end: int, dtype: torch.dtype, dev
     for index in range(start, end):
         with torch.device("meta"):
             layer = family.make_layer(config, index)
-        state = source.read_prefix(family.block_prefix(index), dtype=dtype)
-        layer.load_state_dict({name: tensor.to(device) for name, tensor in state.items()}, assign=True, strict=True)
+        state = family.block_state(source.read_prefix(family.block_prefix(index), dtype=dtype))
+        load_device = device if quantization == "none" else "cpu"  # bitsandbytes quantizes on the move to device
+        layer.load_state_dict({name: t.to(load_device) for name, t in state.items()}, assign=True, strict=True)
+        del state
+        layer = quantize_linears(layer, quantization, dtype, device, family.quantizable)
         layers.append(layer.eval().requires_grad_(False))
     span = BlockSpan(family, config, start, layers)
     return span.to(device)

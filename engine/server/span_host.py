@@ -93,8 +93,10 @@ class SpanHost:
         node: DHTNode,
         prefix: str,
         record_ttl: float,
+        quantization: str = "none",
     ):
         self.source, self.dtype, self.device = source, dtype, device
+        self.quantization = quantization
         self.start, self.end = span
         self.cache_tokens = cache_tokens
         self.make_backend, self.make_record, self.state = make_backend, make_record, state
@@ -106,7 +108,7 @@ class SpanHost:
 
     def _load(self, start: int, end: int) -> SpanBackend:
         """Runs in a worker thread: read the span's weights and build its backend."""
-        span = load_span(self.source, start, end, self.dtype, self.device)
+        span = load_span(self.source, start, end, self.dtype, self.device, self.quantization)
         if self._budget is None:  # sized once: a move keeps the span's length, so the budget fits both spans
             per_token = SpanCache.bytes_per_token(end - start, span.family.kv_shape(span.config), self.dtype)
             self._budget = CacheBudget(self.cache_tokens * per_token)

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import psutil
 import torch
+from torch import nn
 from transformers import PretrainedConfig
 
 from engine.models.registry import get_family
 from engine.models.span import SpanCache
+from engine.quantization import linear_weight_bytes
 
 GIB = 2**30
 # Share of the RAM available at start that a CPU server takes when no budget is given: the rest stays with the
@@ -38,17 +40,29 @@ class BlockCost:
         return self.weight_bytes + self.cache_bytes
 
 
-def block_weight_bytes(config: PretrainedConfig, dtype: torch.dtype) -> int:
-    """Parameter and buffer bytes of one block in ``dtype``, counted on the meta device (nothing is allocated)."""
+def block_weight_bytes(config: PretrainedConfig, dtype: torch.dtype, quantization: str = "none") -> int:
+    """Parameter and buffer bytes of one block in ``dtype``, counted on the meta device (nothing is allocated).
+
+    With ``quantization``, the weights of the linear layers the family lets quantize count at their quantized size.
+    """
     family = get_family(config)
     with torch.device("meta"):
         layer = family.make_layer(config, 0)
     size = torch.empty((), dtype=dtype).element_size()
-    tensors = [*layer.parameters(), *layer.buffers()]
-    return sum(tensor.numel() * (size if tensor.is_floating_point() else tensor.element_size()) for tensor in tensors)
+    quantized = set()
+    total = 0
+    if quantization != "none":
+        for name, module in layer.named_modules():
+            if isinstance(module, nn.Linear) and family.quantizable(name, module):
+                quantized.add(id(module.weight))
+                total += linear_weight_bytes(module.out_features, module.in_features, quantization, size)
+    tensors = [tensor for tensor in [*layer.parameters(), *layer.buffers()] if id(tensor) not in quantized]
+    return total + sum(t.numel() * (size if t.is_floating_point() else t.element_size()) for t in tensors)
 
 
-def block_cost(config: PretrainedConfig, dtype: torch.dtype, cache_tokens: int, max_request_tokens: int) -> BlockCost:
+def block_cost(
+    config: PretrainedConfig, dtype: torch.dtype, cache_tokens: int, max_request_tokens: int, quantization: str = "none"
+) -> BlockCost:
     """The memory model of one block: weights, ``cache_tokens`` tokens of keys and values, and a working reserve.
 
     The reserve holds the activations of one request of ``max_request_tokens`` tokens through a block (input and
@@ -58,7 +72,7 @@ def block_cost(config: PretrainedConfig, dtype: torch.dtype, cache_tokens: int, 
     size = torch.empty((), dtype=dtype).element_size()
     cache = SpanCache.bytes_per_token(1, family.kv_shape(config), dtype) * cache_tokens
     reserve = max_request_tokens * (2 * config.hidden_size + 3 * config.intermediate_size) * size
-    return BlockCost(block_weight_bytes(config, dtype), cache, reserve)
+    return BlockCost(block_weight_bytes(config, dtype, quantization), cache, reserve)
 
 
 def blocks_that_fit(budget_bytes: int, cost: BlockCost, total_blocks: int) -> int:
@@ -94,7 +108,8 @@ def choose_num_blocks(
     budget_gib: float | None,
     cache_tokens: int,
     max_request_tokens: int,
+    quantization: str = "none",
 ) -> int:
     """The span length a server without ``--num-blocks`` serves: as many blocks as its memory budget holds."""
-    cost = block_cost(config, dtype, cache_tokens, max_request_tokens)
+    cost = block_cost(config, dtype, cache_tokens, max_request_tokens, quantization)
     return blocks_that_fit(memory_budget_bytes(device, budget_gib), cost, config.num_hidden_layers)

@@ -300,13 +300,15 @@ async def server_throughput(
     p2p: P2P,
     peers: Callable[[], Awaitable[Sequence[str]]],
     cache: ThroughputCache | None = None,
+    quantization: str = "none",
 ) -> Throughput:
-    """A starting server's speeds under ``--throughput``; compute is measured on block 0 loaded just for that."""
-    key = cache_key(hardware_name(device), source.config, dtype)
+    """A starting server's speeds under ``--throughput``; compute is measured on block 0 loaded just for that,
+    quantized as the server's blocks will be (quantized matmuls run at their own speed)."""
+    key = cache_key(hardware_name(device), source.config, dtype, quantization)
 
     async def compute() -> tuple[float, float]:
         logger.info("measuring compute throughput (cached for later starts)")
-        span = await asyncio.to_thread(load_span, source, 0, 1, dtype, device)
+        span = await asyncio.to_thread(load_span, source, 0, 1, dtype, device, quantization)
         return await asyncio.to_thread(measure_compute, span)
 
     async def network() -> float | None:
