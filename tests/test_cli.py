@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import run_nectar
 
 from agent.cli import _generation_settings, build_parser, main
 from agent.cli_args import add_dataclass_options, dataclass_from_args
 from agent.local_swarm import even_spans
-from engine.server.server import ServerSettings, parse_blocks, resolve_dtype, settings_fields
+from engine.server.server import ServerSettings, parse_blocks, settings_fields
 
 
 @dataclass
@@ -97,13 +96,6 @@ def test_parse_blocks() -> None:
     for text in ("0:99", "5:5", "7:3"):
         with pytest.raises(ValueError, match=f"block range {text} is outside the model's blocks 0:30"):
             parse_blocks(text, 30)
-
-
-def test_resolve_dtype() -> None:
-    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda:0") == torch.float16
-    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype 'int8'; choose from auto, float32, bfloat16, float16"):
-        resolve_dtype("int8", "cpu")
 
 
 def test_even_spans() -> None:

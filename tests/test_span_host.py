@@ -45,7 +45,17 @@ def make_host(source, node: RecordingNode, span: tuple[int, int]) -> SpanHost:
         return ServerRecord(peer_id="me", start=where[0], end=where[1], state=new_state, throughput=3.0)
 
     return SpanHost(
-        source, torch.float32, "cpu", span, 256, make_backend, make_record, lambda: state["value"], node, "m", 30.0
+        source,
+        torch.float32,
+        "cpu",
+        span,
+        lambda per_token: CacheBudget(256 * per_token),
+        make_backend,
+        make_record,
+        lambda: state["value"],
+        node,
+        "m",
+        30.0,
     )
 
 
