@@ -5,16 +5,19 @@ Set ``NECTAR_TEST_FAULT`` in a server's environment; nothing reads it unless a t
 - ``step-error``: every compute call (inference step, forward, backward) raises, as a broken dependency or a bad
   GPU would;
 - ``answer-nan``: every computed answer is NaN, as a GPU with broken memory or an overflowing float16 would give;
-- ``answer-dtype``: every computed answer comes back in float64, as a buggy or modified server might send.
+- ``answer-dtype``: every computed answer comes back in float64, as a buggy or modified server might send;
+- ``slow-compute``: every compute call takes ``SLOW_SECONDS`` longer, as an overloaded server's would (fills queues).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
 FAULT_VARIABLE = "NECTAR_TEST_FAULT"
+SLOW_SECONDS = 1.0
 
 
 class InjectedFault(RuntimeError):
@@ -26,9 +29,12 @@ def _active() -> str | None:
 
 
 def check(point: str) -> None:
-    """Raise at ``point`` if a test injected that fault into this process."""
-    if _active() == point:
+    """Raise at ``point`` if a test injected that fault into this process (or stall there, for ``slow-compute``)."""
+    kind = _active()
+    if kind == point:
         raise InjectedFault(f"fault injected by a test at {point!r}")
+    if kind == "slow-compute":
+        time.sleep(SLOW_SECONDS)
 
 
 def corrupt(answer: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,9 @@ from engine.wire import BadRequest, MessageTooLarge
 logger = logging.getLogger(__name__)
 
 Response = runtime_pb2.ExpertResponse
+# After refusing an oversized message, the stream is read (and dropped, a chunk at a time) for at most this long
+# before it is closed: closing with unread data would reset the connection and could lose the refusal itself.
+LINGER_SECONDS = 2.0
 
 
 class ComputeFailed(RuntimeError):
@@ -179,6 +182,7 @@ class BlockServicer:
                     self.backend.close_session(session)
         except MessageTooLarge as error:  # the rest of the message is still in the stream: end it here
             yield wire.error_response(str(error))
+            await _discard(reader, LINGER_SECONDS)
         except TooBusy as error:
             yield wire.error_response(str(error), unavailable=True)
         except BadRequest as error:
@@ -292,3 +296,11 @@ class BlockServicer:
         hidden = self.backend.check_batch(tensors[0])
         prompts = tensors[-1] if len(tensors) == count + 1 else None
         return hidden, self.backend.check_prompts(prompts, hidden, start, end), start, end
+
+
+async def _discard(reader: asyncio.StreamReader, seconds: float) -> None:
+    """Read and drop what the peer still sends, in bounded chunks, until it closes or ``seconds`` pass."""
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        async with asyncio.timeout(seconds):
+            while await reader.read(2**16):
+                pass
