@@ -82,9 +82,9 @@ def test_a_huge_step_is_refused_and_the_session_goes_on(clients: Clients) -> Non
         with pytest.raises(RemoteError, match="request carries 65 tokens, more than this server's limit of 64"):
             stream.step(torch.zeros(1, 65, HIDDEN), 0)
         assert stream.step(torch.zeros(1, 64, HIDDEN), 0).shape == (1, 64, HIDDEN)
-    with pytest.raises(RemoteError, match="batch size must be a positive integer up to 64, got 100000"):
-        with RawStream(clients.first, clients.peer) as stream:  # refused before any cache is allocated
-            stream.open(start=0, end=4, batch_size=100_000, max_length=1)
+    refused = pytest.raises(RemoteError, match="batch size must be a positive integer up to 64, got 100000")
+    with refused, RawStream(clients.first, clients.peer) as stream:  # refused before any cache is allocated
+        stream.open(start=0, end=4, batch_size=100_000, max_length=1)
     assert_served(clients)
 
 
@@ -117,9 +117,9 @@ def test_more_sessions_than_one_client_may_open(clients: Clients) -> None:
     try:
         for stream in held:
             stream.open(start=0, end=4, max_length=8)
-        with pytest.raises(RemoteError, match="this client already holds 2 sessions here"):
-            with RawStream(clients.first, clients.peer) as third:
-                third.open(start=0, end=4, max_length=8)
+        refused = pytest.raises(RemoteError, match="this client already holds 2 sessions here")
+        with refused, RawStream(clients.first, clients.peer) as third:
+            third.open(start=0, end=4, max_length=8)
         assert_served(clients)  # another client opens its sessions as usual meanwhile
     finally:
         for stream in held:
