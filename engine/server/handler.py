@@ -188,7 +188,7 @@ class BlockServicer:
         except BadRequest as error:
             yield wire.error_response(str(error))
         except TimeoutError:
-            yield wire.error_response(f"no session request within {self.limits.session_idle_timeout:.0f} s")
+            yield wire.error_response(f"no session request within {self.limits.session_idle_timeout:g} s")
 
     def _open(self, first: runtime_pb2.ExpertRequest, peer: str) -> Session:
         tensors, meta = wire.unpack(first)
@@ -210,7 +210,7 @@ class BlockServicer:
                 message = await self._receive(reader)
             except TimeoutError:
                 idle = self.limits.session_idle_timeout
-                yield wire.error_response(f"session closed after {idle:.0f} s without a step", expired=True)
+                yield wire.error_response(f"session closed after {idle:g} s without a step", expired=True)
                 return
             if message is None:
                 return
