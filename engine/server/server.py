@@ -232,7 +232,7 @@ class Server:
             self.node,
             self.prefix,
             self.total,
-            self.host.span_info,
+            self.host.current_placement,
             move,
             self.settings.rebalance_period,
             self.settings.balance_quality,

@@ -19,7 +19,7 @@ import torch
 from hivemind.dht.node import DHTNode
 
 from engine import records
-from engine.balance import SpanInfo
+from engine.balance import ServerPlacement
 from engine.models.span import BlockSpan, SpanCache, load_span
 from engine.records import ServerRecord, ServerState
 from engine.server.backend import Session, SpanBackend
@@ -118,12 +118,12 @@ class SpanHost:
         self.switch = BackendSwitch(await asyncio.to_thread(self._load, self.start, self.end))
         return self.switch
 
-    def span_info(self) -> SpanInfo | None:
+    def current_placement(self) -> ServerPlacement | None:
         """This server as the balancing functions see it, or None while it cannot move (loading, moving, leaving)."""
         if self.switch is None or self.target is not None or self.state() != ServerState.ONLINE:
             return None
         record = self.make_record((self.start, self.end), ServerState.ONLINE)
-        return SpanInfo(record.peer_id, record.start, record.end, record.throughput)
+        return ServerPlacement(record.peer_id, record.start, record.end, record.throughput)
 
     def announcements(self, state: ServerState | None = None) -> list[tuple[ServerRecord, list[int]]]:
         """(record, blocks) pairs to store: the served span, and during a move the new span's other blocks."""
