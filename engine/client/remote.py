@@ -3,7 +3,8 @@
 Servers keep their weights frozen: the client remembers what it sent to each hop and, on backward, sends it
 again with the output gradient; the server returns the gradients of its inputs (and of deep prompts), from the
 graph it kept since the forward or by recomputing the forward. Batches are split into chunks within every
-server's request limit.
+server's request limit and the message limit (deep prompts and their gradients counted). Hidden states go to a
+16-bit server in its dtype; every answer is checked (shape, dtype, finite) before it is used.
 
 A hop whose server fails (connection lost, timeout, leaving) is recomputed elsewhere: in forward, the failed
 blocks get a new chain fed the same input; in backward, the new chain's inner inputs are first recomputed by a
