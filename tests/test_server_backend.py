@@ -123,5 +123,14 @@ def test_sessions_and_jobs_per_client_and_in_total() -> None:
             with admission.job("b"):
                 pass
     assert admission.open_sessions == 0 and not admission.jobs
+    sized = Admission(RequestLimits(max_queued_bytes=100))
+    with sized.job("a", 60):
+        with pytest.raises(TooBusy, match="queued requests hold 0 MiB, its limit is 0 MiB"):
+            sized.job("b", 60).__enter__()
+        with sized.job("b", 40):
+            pass
+    with sized.job("a", 1000):  # one request larger than the limit still runs when nothing else is queued
+        assert sized.queued_bytes == 1000
+    assert sized.queued_bytes == 0
     with pytest.raises(ValueError, match="--max-sessions-per-peer must be at least 1, got 0"):
         RequestLimits(max_sessions_per_peer=0)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import torch
 from hivemind.p2p import P2P, P2PContext
 from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 from hivemind.proto import runtime_pb2
@@ -106,7 +107,8 @@ class BlockServicer:
 
         An unexpected failure becomes a ``ComputeFailed`` with a one-line cause; a full queue is ``TooBusy``.
         """
-        with self.admission.job(peer):
+        nbytes = sum(arg.nbytes for arg in args if isinstance(arg, torch.Tensor))
+        with self.admission.job(peer, nbytes):
             future = self.executor.submit(kind, fn, *args)
             try:
                 return await future

@@ -26,11 +26,13 @@ class RequestLimits:
     max_sessions: int = 256  # open inference sessions of all clients together
     max_sessions_per_peer: int = 16  # open inference sessions of one client
     max_jobs_per_peer: int = 16  # compute jobs (steps, forwards, backwards) of one client queued or running
+    max_queued_bytes: int = 512 * 2**20  # request tensors held by all queued or running jobs together
     max_message_bytes: int = MAX_MESSAGE_BYTES  # one message of an inference stream
     session_idle_timeout: float = 300.0  # seconds a session may wait for its next step before it is closed
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_sessions_per_peer", "max_jobs_per_peer", "max_message_bytes"):
+        names = ("max_sessions", "max_sessions_per_peer", "max_jobs_per_peer", "max_queued_bytes", "max_message_bytes")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.session_idle_timeout > 0:
@@ -44,6 +46,7 @@ class Admission:
         self.limits = limits
         self.sessions: Counter[str] = Counter()
         self.jobs: Counter[str] = Counter()
+        self.queued_bytes = 0
 
     @property
     def open_sessions(self) -> int:
@@ -62,14 +65,24 @@ class Admission:
             yield
 
     @contextlib.contextmanager
-    def job(self, peer: str) -> Iterator[None]:
+    def job(self, peer: str, nbytes: int = 0) -> Iterator[None]:
+        """A compute job of ``peer`` whose request tensors take ``nbytes``, held until it is answered."""
         if self.jobs[peer] >= self.limits.max_jobs_per_peer:
             raise TooBusy(
                 f"this client already has {self.jobs[peer]} requests queued or running here, the most one client "
                 "may have; wait for their answers"
             )
-        with _held(self.jobs, peer):
-            yield
+        if self.queued_bytes and self.queued_bytes + nbytes > self.limits.max_queued_bytes:
+            raise TooBusy(
+                f"server is busy: queued requests hold {self.queued_bytes / 2**20:.0f} MiB, its limit is "
+                f"{self.limits.max_queued_bytes / 2**20:.0f} MiB; try another server"
+            )
+        self.queued_bytes += nbytes
+        try:
+            with _held(self.jobs, peer):
+                yield
+        finally:
+            self.queued_bytes -= nbytes
 
 
 @contextlib.contextmanager

@@ -76,6 +76,9 @@ class ServerSettings:
         default=64, metadata={"help": "compute jobs (steps, forwards, backwards) waiting at once; more are refused"}
     )
     max_jobs_per_peer: int = field(default=16, metadata={"help": "compute jobs of one client queued or running"})
+    max_queued_mb: int = field(
+        default=512, metadata={"help": "MiB of request tensors that queued or running compute jobs may hold together"}
+    )
     training_max_wait: float = field(
         default=1.0,
         metadata={"help": "seconds a forward/backward waits behind inference steps before it runs next anyway"},
@@ -106,6 +109,7 @@ class ServerSettings:
             max_sessions=self.max_sessions,
             max_sessions_per_peer=self.max_sessions_per_peer,
             max_jobs_per_peer=self.max_jobs_per_peer,
+            max_queued_bytes=self.max_queued_mb * 2**20,
             session_idle_timeout=self.session_idle_timeout,
         )
 
