@@ -64,16 +64,7 @@ def cmd_swarm(args: argparse.Namespace) -> int:
 def _generation_settings(args: argparse.Namespace):
     from engine.client.generation import GenerationSettings
 
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=not args.greedy and args.temperature != 0,
-        temperature=args.temperature or 1.0,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        stop_strings=tuple(args.stop),
-        seed=args.seed,
-    )
+    return dataclass_from_args(GenerationSettings, args)
 
 
 def stream_answer(model_name: str, initial_peers: list[str], prompt: str, args: argparse.Namespace, prefix=None):
@@ -186,14 +177,10 @@ def demo_log_dir() -> Path:
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--stop", nargs="*", default=[], help="stop strings")
-    parser.add_argument("--seed", type=int, default=None)
+    """The generation options: one per ``GenerationSettings`` field, with its default and help."""
+    from engine.client.generation import GenerationSettings
+
+    add_dataclass_options(parser, GenerationSettings)
     parser.add_argument("--no-chat", dest="chat", action="store_false", help="send the prompt as raw text")
 
 
@@ -251,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--servers", type=int, default=2, choices=(2, 3))
     _add_generation_options(demo)
     add_dataclass_options(demo, ClientSettings)
-    demo.set_defaults(run=cmd_demo, greedy=True)
+    demo.set_defaults(run=cmd_demo)
 
     add_agent_commands(commands)
 

@@ -14,7 +14,7 @@ from engine.records import ServerRecord, ServerState
 
 
 @dataclass(frozen=True)
-class ServerSpan:
+class ServerRow:
     """One span a server announces (a server that is moving announces two for a while)."""
 
     peer_id: str
@@ -42,7 +42,7 @@ class SwarmView:
     prefix: str
     num_blocks: int
     blocks: tuple[BlockView, ...]
-    spans: tuple[ServerSpan, ...]
+    spans: tuple[ServerRow, ...]
 
     @property
     def uncovered(self) -> list[int]:
@@ -83,13 +83,13 @@ def build_view(prefix: str, num_blocks: int, blocks: Mapping[int, Sequence[Serve
             BlockView(index, tuple(r.peer_id for r in online), tuple(others), sum(r.throughput for r in online))
         )
         for record in held:
-            spans.setdefault((record.peer_id, record.start, record.end), _server_span(record))
+            spans.setdefault((record.peer_id, record.start, record.end), _server_row(record))
     ordered = sorted(spans.values(), key=lambda span: (span.start, span.end, span.peer_id))
     return SwarmView(prefix, num_blocks, tuple(rows), tuple(ordered))
 
 
-def _server_span(record: ServerRecord) -> ServerSpan:
-    return ServerSpan(
+def _server_row(record: ServerRecord) -> ServerRow:
+    return ServerRow(
         peer_id=record.peer_id,
         start=record.start,
         end=record.end,

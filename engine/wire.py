@@ -1,38 +1,62 @@
-"""The RPC message format: tensors (hivemind's protobuf ``Tensor``) plus msgpack metadata.
+"""The wire format between clients and servers: protocol names, messages, stream framing and limits.
 
-Requests are ``runtime_pb2.ExpertRequest`` and responses ``runtime_pb2.ExpertResponse``. A server reports a
-bad request as a response whose metadata holds ``error`` (one line, shown to the user as is) instead of
-raising, so its log stays clean and the caller knows the error is the request's, not the connection's.
+Requests are ``runtime_pb2.ExpertRequest`` and responses ``runtime_pb2.ExpertResponse``: tensors (hivemind's
+protobuf ``Tensor``) plus msgpack metadata. A server reports a bad request as a response whose metadata holds
+``error`` (one line, shown to the user as is) instead of raising, so its log stays clean and the caller knows the
+error is the request's, not the connection's.
+
+Unary RPCs (ping, info, forward, backward) go through hivemind's persistent connection, whose messages the P2P
+daemon caps at ``MAX_MESSAGE_BYTES``. The inference stream is framed here, as hivemind frames its streams (a
+marker byte, an 8-byte big-endian length, the protobuf), but read with a limit: the length is checked before a
+byte of the message is read, so a peer cannot make the other side allocate what it announces.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 import torch
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
 # Largest message a peer accepts; hivemind's own default (4 MiB) is less than one long sequence of a big model.
 MAX_MESSAGE_BYTES = 64 * 2**20
+
+# Protocol names (libp2p protocol ids) of the server's RPCs; the version changes when a message's meaning does.
+PING_PROTOCOL = "nectar.block/1/ping"
+INFO_PROTOCOL = "nectar.block/1/info"
+FORWARD_PROTOCOL = "nectar.block/1/forward"
+BACKWARD_PROTOCOL = "nectar.block/1/backward"
+INFERENCE_PROTOCOL = "nectar.block/1/inference"  # a stream: a session request, then one message per step
+UNARY_PROTOCOLS = (PING_PROTOCOL, INFO_PROTOCOL, FORWARD_PROTOCOL, BACKWARD_PROTOCOL)
+
+_MESSAGE, _END = b"\x00", b"\x01"  # hivemind's stream markers: a message, or an error/end of stream
+_HEADER_BYTES = 8
 
 
 class BadRequest(ValueError):
     """The request is malformed or breaks a limit; the server keeps serving everyone else."""
 
 
+class MessageTooLarge(BadRequest):
+    """A stream message announced more bytes than the receiver accepts; the stream cannot go on after it."""
+
+
 class RemoteError(RuntimeError):
     """A server answered with an error: the message is the server's one-line reason.
 
-    ``unavailable`` means the server cannot take the request now (it is leaving), so another server may; otherwise
-    the request itself was refused and retrying it elsewhere would not help.
+    ``unavailable`` means the server cannot take the request now (it is leaving or busy), so another server may;
+    ``expired`` that the server closed an inference session its client left idle too long (nobody's fault: the
+    client opens it again); otherwise the request itself was refused and retrying it elsewhere would not help.
     """
 
-    def __init__(self, peer: str, message: str, unavailable: bool = False):
+    def __init__(self, peer: str, message: str, unavailable: bool = False, expired: bool = False):
         super().__init__(f"server {peer[-8:]}: {message}")
-        self.peer, self.reason, self.unavailable = peer, message, unavailable
+        self.peer, self.reason, self.unavailable, self.expired = peer, message, unavailable, expired
 
 
 def _pack_tensors(tensors: Sequence[torch.Tensor]) -> list[runtime_pb2.Tensor]:
@@ -47,9 +71,9 @@ def response(tensors: Sequence[torch.Tensor] = (), **metadata: Any) -> runtime_p
     return runtime_pb2.ExpertResponse(tensors=_pack_tensors(tensors), metadata=msgpack.packb(metadata))
 
 
-def error_response(message: str, unavailable: bool = False) -> runtime_pb2.ExpertResponse:
+def error_response(message: str, unavailable: bool = False, **metadata: Any) -> runtime_pb2.ExpertResponse:
     """A refusal; ``unavailable`` says "not now, ask another server" rather than "this request is wrong"."""
-    return response(error=message, unavailable=True) if unavailable else response(error=message)
+    return response(error=message, **({"unavailable": True} if unavailable else {}), **metadata)
 
 
 def unpack(message: runtime_pb2.ExpertRequest | runtime_pb2.ExpertResponse) -> tuple[list[torch.Tensor], dict]:
@@ -68,5 +92,49 @@ def unpack_response(message: runtime_pb2.ExpertResponse, peer: str) -> tuple[lis
     """Like ``unpack``, but a server's error becomes a ``RemoteError``."""
     tensors, metadata = unpack(message)
     if "error" in metadata:
-        raise RemoteError(peer, str(metadata["error"]), bool(metadata.get("unavailable", False)))
+        unavailable, expired = bool(metadata.get("unavailable", False)), bool(metadata.get("expired", False))
+        raise RemoteError(peer, str(metadata["error"]), unavailable, expired)
     return tensors, metadata
+
+
+async def call(
+    p2p: P2P, peer_id: str, protocol: str, message: runtime_pb2.ExpertRequest, timeout: float
+) -> runtime_pb2.ExpertResponse:
+    """One unary RPC to ``peer_id``; the raw response (see ``unpack_response``)."""
+    async with asyncio.timeout(timeout):
+        return await p2p.call_protobuf_handler(
+            PeerID.from_base58(peer_id), protocol, message, runtime_pb2.ExpertResponse
+        )
+
+
+async def send_message(message: runtime_pb2.ExpertRequest | runtime_pb2.ExpertResponse, writer) -> None:
+    """One framed message on a stream."""
+    await P2P.send_protobuf(message, writer)
+
+
+async def send_end(writer) -> None:
+    """The end-of-stream frame: the peer's next receive returns None."""
+    await P2P.send_protobuf(P2P.END_OF_STREAM, writer)
+
+
+async def receive_message(reader: asyncio.StreamReader, kind: type, max_bytes: int = MAX_MESSAGE_BYTES):
+    """The next framed message of type ``kind``, or None at the end of the stream (or an error frame).
+
+    Raises ``MessageTooLarge`` (before reading the message) if it announces more than ``max_bytes``,
+    ``BadRequest`` if it does not parse, and ``asyncio.IncompleteReadError`` if the connection closed.
+    """
+    marker = await reader.readexactly(1)
+    if marker not in (_MESSAGE, _END):
+        raise BadRequest("malformed stream frame")
+    length = int.from_bytes(await reader.readexactly(_HEADER_BYTES), "big")
+    if length > max_bytes:
+        raise MessageTooLarge(f"message of {length} bytes is larger than the limit of {max_bytes} bytes")
+    data = await reader.readexactly(length)
+    if marker == _END:
+        return None
+    message = kind()
+    try:
+        message.ParseFromString(data)
+    except Exception as error:
+        raise BadRequest(f"malformed message: {error}") from None
+    return message

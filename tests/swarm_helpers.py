@@ -20,7 +20,6 @@ from agent.local_swarm import Child
 from engine import wire
 from engine.client.swarm import SwarmConnection
 from engine.records import ServerState
-from engine.server.handler import BlockServicer
 
 TIMEOUT = 60.0
 
@@ -59,18 +58,14 @@ def wait_covered(swarm: SwarmConnection, num_blocks: int, timeout: float = 60.0)
         time.sleep(0.5)
 
 
-def call(swarm: SwarmConnection, peer_id: str, method: str, message: runtime_pb2.ExpertRequest):
-    """One unary RPC (``rpc_forward``, ``rpc_backward``, ``rpc_info``); an error answer raises ``RemoteError``."""
-
-    async def run():
-        stub = BlockServicer.get_stub(swarm.p2p, PeerID.from_base58(peer_id))
-        return await getattr(stub, method)(message, timeout=TIMEOUT)
-
-    return wire.unpack_response(swarm.run(run(), TIMEOUT), peer_id)
+def call(swarm: SwarmConnection, peer_id: str, protocol: str, message: runtime_pb2.ExpertRequest):
+    """One unary RPC (``wire.FORWARD_PROTOCOL``...); an error answer raises ``RemoteError``."""
+    answer = swarm.run(wire.call(swarm.p2p, peer_id, protocol, message, TIMEOUT), TIMEOUT)
+    return wire.unpack_response(answer, peer_id)
 
 
 def forward(swarm: SwarmConnection, peer_id: str, hidden: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    tensors, _ = call(swarm, peer_id, "rpc_forward", wire.request([hidden], start=start, end=end))
+    tensors, _ = call(swarm, peer_id, wire.FORWARD_PROTOCOL, wire.request([hidden], start=start, end=end))
     return tensors[0]
 
 
@@ -96,8 +91,9 @@ class RawStream:
         if self._outgoing is None:
             self._outgoing = asyncio.Queue()
             self._outgoing.put_nowait(message)
-            stub = BlockServicer.get_stub(self.swarm.p2p, PeerID.from_base58(self.peer_id))
-            self._responses = await stub.rpc_inference(self._messages())
+            self._responses = await self.swarm.p2p.iterate_protobuf_handler(
+                PeerID.from_base58(self.peer_id), wire.INFERENCE_PROTOCOL, self._messages(), runtime_pb2.ExpertResponse
+            )
         else:
             self._outgoing.put_nowait(message)
         try:

@@ -78,11 +78,13 @@ def test_three_servers_cover_the_model_and_recover_when_one_is_killed(local_swar
 
 
 def test_memory_budget_limits_the_span(local_swarm) -> None:
-    budget_gib = 0.5
+    budget_gib, training_mb = 1.0, 64
     config = resolve_model(MODEL).config
-    expected = blocks_that_fit(int(budget_gib * GIB), block_cost(config, torch.float32, 16384, 8192), NUM_BLOCKS)
+    cost = block_cost(config, torch.float32, 16384, 8192, training_mb * 2**20, movable=True)  # FAST rebalances
+    expected = blocks_that_fit(int(budget_gib * GIB), cost, NUM_BLOCKS)
     assert 1 <= expected < NUM_BLOCKS
-    swarm = local_swarm(MODEL, [None], server_args=["--memory-budget", str(budget_gib), *FAST])
+    args = ["--memory-budget", str(budget_gib), "--training-cache-mb", str(training_mb), *FAST]
+    swarm = local_swarm(MODEL, [None], server_args=args)
     start, end = swarm.servers[0].ready["blocks"]
     assert end - start == expected
     with SwarmConnection(swarm.initial_peers, PREFIX) as client:

@@ -44,7 +44,7 @@ class Swarm:
         return self.local.servers[index].ready["peer_id"]
 
     def info(self, index: int) -> dict:
-        return call(self.client.swarm, self.peer(index), "rpc_info", wire.request())[1]
+        return call(self.client.swarm, self.peer(index), wire.INFO_PROTOCOL, wire.request())[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def swarm(tiny_checkpoints) -> Iterator[Swarm]:
     """Server 0 holds blocks 0:2; server 1 holds 2:4 with a cache budget of only ``SMALL_CACHE`` tokens."""
     path = tiny_checkpoints("llama")
     with LocalSwarm(str(path), [(0, 2)], server_args=LIMITS, env=TEST_ENV) as local:
-        local.add_server((2, 4), extra_args=["--cache-tokens", str(SMALL_CACHE)])
+        local.add_server((2, 4), extra_args=["--cache-tokens", str(SMALL_CACHE), "--peer-cache-share", "1"])
         client = DistributedCausalLM.connect(str(path), local.initial_peers)
         try:
             wait_covered(client.swarm, client.num_blocks)
@@ -234,7 +234,7 @@ def test_malformed_step_and_forward_messages(swarm: Swarm) -> None:
         assert stream.step(torch.zeros(1, 1, HIDDEN), 0).shape == (1, 1, HIDDEN)
     garbage = runtime_pb2.ExpertRequest(tensors=hidden, metadata=b"\xc1")
     with pytest.raises(RemoteError) as caught:
-        call(swarm.client.swarm, swarm.peer(0), "rpc_forward", garbage)
+        call(swarm.client.swarm, swarm.peer(0), wire.FORWARD_PROTOCOL, garbage)
     assert_one_line(caught.value, "malformed message")
     assert_still_serving(swarm)
 
@@ -280,10 +280,10 @@ def test_forward_over_the_request_limit(swarm: Swarm) -> None:
 def test_backward_with_mismatched_gradients(swarm: Swarm) -> None:
     hidden, grads = torch.zeros(1, 3, HIDDEN), torch.zeros(1, 2, HIDDEN)
     with pytest.raises(RemoteError) as caught:
-        call(swarm.client.swarm, swarm.peer(0), "rpc_backward", wire.request([hidden, grads], start=0, end=2))
+        call(swarm.client.swarm, swarm.peer(0), wire.BACKWARD_PROTOCOL, wire.request([hidden, grads], start=0, end=2))
     assert_one_line(caught.value, "output gradients have shape (1, 2, 64), inputs (1, 3, 64)")
     with pytest.raises(RemoteError) as caught:
-        call(swarm.client.swarm, swarm.peer(0), "rpc_backward", wire.request([hidden], start=0, end=2))
+        call(swarm.client.swarm, swarm.peer(0), wire.BACKWARD_PROTOCOL, wire.request([hidden], start=0, end=2))
     assert_one_line(caught.value, "backward takes hidden states, output gradients and optional prompts, got 1")
     assert_still_serving(swarm)
 

@@ -9,7 +9,7 @@ import pytest
 
 from engine.balance import (
     Move,
-    SpanInfo,
+    ServerPlacement,
     SwarmConfig,
     best_start,
     block_coverage,
@@ -22,8 +22,8 @@ from engine.balance import (
 )
 
 
-def span(peer: str, start: int, end: int, throughput: float = 1.0) -> SpanInfo:
-    return SpanInfo(peer_id=peer, start=start, end=end, throughput=throughput)
+def span(peer: str, start: int, end: int, throughput: float = 1.0) -> ServerPlacement:
+    return ServerPlacement(peer_id=peer, start=start, end=end, throughput=throughput)
 
 
 def test_block_totals_and_coverage() -> None:

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import run_nectar
 
 from agent.cli import _generation_settings, build_parser, main
 from agent.cli_args import add_dataclass_options, dataclass_from_args
 from agent.local_swarm import even_spans
-from engine.server.server import ServerSettings, parse_blocks, resolve_dtype, settings_fields
+from engine.client.generation import GenerationSettings
+from engine.server.server import ServerSettings, parse_blocks, settings_fields
 
 
 @dataclass
@@ -73,19 +73,22 @@ def test_serve_has_one_option_per_server_setting() -> None:
     )
 
 
-def test_generation_options_map_to_settings() -> None:
+def test_generation_options_are_the_settings_fields() -> None:
     parser = build_parser()
-    args = parser.parse_args(["generate", "m", "--initial-peers", "p", "--prompt", "hi"])
-    assert _generation_settings(args).do_sample is False  # temperature 0 means greedy
-    args = parser.parse_args(
-        ["generate", "m", "--initial-peers", "p", "--prompt", "hi", "--temperature", "0.7", "--top-k", "5"]
-    )
+    base = ["generate", "m", "--initial-peers", "p", "--prompt", "hi"]
+    assert _generation_settings(parser.parse_args(base)) == GenerationSettings()  # the same defaults, greedy
+    args = parser.parse_args([*base, "--do-sample", "--temperature", "0.7", "--top-k", "5", "--stop-strings", "a"])
     settings = _generation_settings(args)
-    assert settings.do_sample and settings.temperature == 0.7 and settings.top_k == 5
-    greedy = ["generate", "m", "--initial-peers", "p", "--prompt", "hi", "--temperature", "1", "--greedy"]
-    args = parser.parse_args(greedy)
-    assert _generation_settings(args).do_sample is False
-    assert parser.parse_args(["demo"]).greedy is True
+    assert settings == GenerationSettings(do_sample=True, temperature=0.7, top_k=5, stop_strings=["a"])
+    for command in ("generate", "demo"):
+        sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[
+            command
+        ]
+        options = {option for action in sub._actions for option in action.option_strings}
+        for item in dataclasses.fields(GenerationSettings):
+            assert item.metadata.get("help"), f"{item.name} has no help"
+            assert "--" + item.name.replace("_", "-") in options
+    assert _generation_settings(parser.parse_args(["demo"])).do_sample is False
 
 
 def test_parse_blocks() -> None:
@@ -97,13 +100,6 @@ def test_parse_blocks() -> None:
     for text in ("0:99", "5:5", "7:3"):
         with pytest.raises(ValueError, match=f"block range {text} is outside the model's blocks 0:30"):
             parse_blocks(text, 30)
-
-
-def test_resolve_dtype() -> None:
-    assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda:0") == torch.float16
-    assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype 'int8'; choose from auto, float32, bfloat16, float16"):
-        resolve_dtype("int8", "cpu")
 
 
 def test_even_spans() -> None:

@@ -20,6 +20,7 @@ from reference import assert_close, final_norm, layer_outputs, load_reference, m
 from swarm_helpers import PreferPeer
 
 from agent.local_swarm import LocalSwarm
+from engine import wire
 from engine.client.finetune import Example, FinetuneSettings, load_trained, train
 from engine.client.generation import GenerationSettings, generate
 from engine.client.model import DistributedCausalLM
@@ -120,17 +121,17 @@ def test_gradients_through_the_swarm_equal_one_process(model: DistributedCausalL
     remote = model.blocks
     original = remote._call
 
-    async def recording(hop, method, tensors, metadata=None):
-        calls.append((method, dict(metadata or {})))
-        return await original(hop, method, tensors, metadata)
+    async def recording(hop, protocol, tensors, expected, metadata=None):
+        calls.append((protocol, dict(metadata or {})))
+        return await original(hop, protocol, tensors, expected, metadata)
 
     remote._call = recording
     try:
         assert_gradients_equal_local(model, reference)
     finally:
         del remote._call
-    forwards = {meta["keep"] for method, meta in calls if method == "rpc_forward"}
-    backwards = [meta["keep"] for method, meta in calls if method == "rpc_backward"]
+    forwards = {meta["keep"] for method, meta in calls if method == wire.FORWARD_PROTOCOL}
+    backwards = [meta["keep"] for method, meta in calls if method == wire.BACKWARD_PROTOCOL]
     # every backward names a forward the server kept (so it need not recompute), chunk by chunk
     assert backwards and set(backwards) <= forwards
     assert any(not keep.endswith(".0") for keep in forwards)  # batches were split into chunks of rows

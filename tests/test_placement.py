@@ -1,4 +1,4 @@
-"""Records -> SpanInfo, the join choice and the move decision of a server, on hand-made DHT snapshots."""
+"""Records -> ServerPlacement, the join choice and the move decision of a server, on hand-made DHT snapshots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from engine.balance import SpanInfo
+from engine.balance import ServerPlacement
 from engine.records import ServerRecord, ServerState
 from engine.server import placement
 from engine.server.server import ServerSettings
@@ -36,21 +36,22 @@ def test_one_span_info_per_online_or_joining_server() -> None:
         (rec("c", 0, 6, DRAINING), None),  # leaving: others should fill in
     )
     spans = placement.spans_from_records(blocks, 6)
-    assert sorted(spans, key=lambda span: span.peer_id) == [SpanInfo("a", 0, 3, 2.0), SpanInfo("b", 3, 6, 1.5)]
-    assert placement.spans_from_records(blocks, 6, exclude="a") == [SpanInfo("b", 3, 6, 1.5)]
+    expected = [ServerPlacement("a", 0, 3, 2.0), ServerPlacement("b", 3, 6, 1.5)]
+    assert sorted(spans, key=lambda span: span.peer_id) == expected
+    assert placement.spans_from_records(blocks, 6, exclude="a") == [ServerPlacement("b", 3, 6, 1.5)]
 
 
 def test_records_that_do_not_fit_the_model_are_ignored() -> None:
     blocks = snapshot(6, (rec("a", 0, 3), None), (rec("far", 4, 99), range(4, 6)), (rec("inf", 3, 4), None))
     blocks[3][0] = dataclasses.replace(blocks[3][0], throughput=float("inf"))
-    assert placement.spans_from_records(blocks, 6) == [SpanInfo("a", 0, 3, 1.0)]
+    assert placement.spans_from_records(blocks, 6) == [ServerPlacement("a", 0, 3, 1.0)]
     assert placement.choose_join_start(blocks, 6, 3, 1.0, me="new") == 3
 
 
 def test_a_moving_server_counts_where_it_is_going() -> None:
     # "m" still serves 0:3 (online there) and loads 3:6 (joining on the blocks it does not hold yet)
     blocks = snapshot(6, (rec("m", 0, 3), None), (rec("m", 3, 6, JOINING), None))
-    assert placement.spans_from_records(blocks, 6) == [SpanInfo("m", 3, 6, 1.0)]
+    assert placement.spans_from_records(blocks, 6) == [ServerPlacement("m", 3, 6, 1.0)]
     assert placement.moving_peers(blocks) == {"m"}
 
 
@@ -81,38 +82,38 @@ def test_join_takes_the_gap_and_counts_joining_servers() -> None:
 
 def test_redundant_server_moves_to_uncovered_blocks() -> None:
     blocks = snapshot(30, (rec("a", 0, 15), None), (rec("b", 0, 15), None))
-    move = placement.decide_move(blocks, SpanInfo("b", 0, 15, 1.0), 30, balance_quality=0.75)
+    move = placement.decide_move(blocks, ServerPlacement("b", 0, 15, 1.0), 30, balance_quality=0.75)
     assert move is not None and move.start == 15 and move.old_bottleneck == 0
 
 
 def test_never_moves_when_leaving_uncovers_a_block() -> None:
     # "b" alone holds blocks 0-4 and 10-14: every other span of 15 leaves one of them, though 15:30 is uncovered
     blocks = snapshot(30, (rec("a", 5, 10), None), (rec("b", 0, 15), None))
-    assert placement.decide_move(blocks, SpanInfo("b", 0, 15, 1.0), 30, balance_quality=0.75) is None
+    assert placement.decide_move(blocks, ServerPlacement("b", 0, 15, 1.0), 30, balance_quality=0.75) is None
     # the other holder of b's blocks is itself moving away: b stays too
     blocks = snapshot(30, (rec("a", 0, 15), None), (rec("a", 15, 30, JOINING), None), (rec("b", 0, 15), None))
-    assert placement.decide_move(blocks, SpanInfo("b", 0, 15, 1.0), 30, balance_quality=0.75) is None
+    assert placement.decide_move(blocks, ServerPlacement("b", 0, 15, 1.0), 30, balance_quality=0.75) is None
 
 
 def test_shifts_towards_a_gap_keeping_the_blocks_only_it_holds() -> None:
     # after a server of 0:15 died: c alone holds 7-14, but moving to 0:15 keeps them and leaves only 15-21 (b's)
     blocks = snapshot(30, (rec("b", 15, 30), None), (rec("c", 7, 22), None))
-    move = placement.decide_move(blocks, SpanInfo("c", 7, 22, 1.0), 30, balance_quality=0.75)
+    move = placement.decide_move(blocks, ServerPlacement("c", 7, 22, 1.0), 30, balance_quality=0.75)
     assert move is not None and move.start == 0
-    assert placement.decide_move(blocks, SpanInfo("b", 15, 30, 1.0), 30, balance_quality=0.75) is None
+    assert placement.decide_move(blocks, ServerPlacement("b", 15, 30, 1.0), 30, balance_quality=0.75) is None
 
 
 def test_uses_its_own_span_rather_than_its_last_announcement() -> None:
     # the DHT still shows b on 0:15, but b has already moved to 15:30: the swarm is balanced, nothing to do
     blocks = snapshot(30, (rec("a", 0, 15), None), (rec("b", 0, 15), None))
-    assert placement.decide_move(blocks, SpanInfo("b", 15, 30, 1.0), 30, balance_quality=0.75) is None
+    assert placement.decide_move(blocks, ServerPlacement("b", 15, 30, 1.0), 30, balance_quality=0.75) is None
 
 
 def test_balanced_swarm_stays() -> None:
     blocks = snapshot(30, (rec("a", 0, 15), None), (rec("b", 15, 30), None), (rec("c", 0, 15), None))
     for me in ("a", "b", "c"):
         record = next(record for held in blocks.values() for record in held if record.peer_id == me)
-        info = SpanInfo(me, record.start, record.end, record.throughput)
+        info = ServerPlacement(me, record.start, record.end, record.throughput)
         assert placement.decide_move(blocks, info, 30, balance_quality=0.75) is None
 
 

@@ -64,7 +64,7 @@ def test_quantized_span_replaces_linears_and_is_sized_in_advance(tiny_checkpoint
     assert predicted < (0.3 if quantization == "int8" else 0.2) * full  # tiny blocks: the linears are nearly all
     budget = 64 * full  # the same memory holds several times more quantized blocks
     fit = [
-        blocks_that_fit(budget, block_cost(source.config, torch.float32, 0, 1, q), 10**6)
+        blocks_that_fit(budget, block_cost(source.config, torch.float32, 0, 1, quantization=q), 10**6)
         for q in ("none", quantization)
     ]
     assert fit[1] > 3 * fit[0]

@@ -45,7 +45,17 @@ def make_host(source, node: RecordingNode, span: tuple[int, int]) -> SpanHost:
         return ServerRecord(peer_id="me", start=where[0], end=where[1], state=new_state, throughput=3.0)
 
     return SpanHost(
-        source, torch.float32, "cpu", span, 256, make_backend, make_record, lambda: state["value"], node, "m", 30.0
+        source,
+        torch.float32,
+        "cpu",
+        span,
+        lambda per_token: CacheBudget(256 * per_token),
+        make_backend,
+        make_record,
+        lambda: state["value"],
+        node,
+        "m",
+        30.0,
     )
 
 
@@ -58,14 +68,14 @@ def test_move_loads_announces_swaps_then_withdraws(tiny_checkpoints: Callable[[s
         node = RecordingNode()
         host = make_host(source, node, (0, 2))
         switch = await host.load()
-        assert host.span_info().start == 0
+        assert host.current_placement().start == 0
         old_session = switch.open_session(0, 2, 1, 16)
         first = switch.inference_step(old_session, hidden, 0)
         asked: list[list[int]] = []
 
         async def can_leave(blocks: list[int]) -> bool:
             asked.append(blocks)
-            assert host.target == (1, 3) and host.span_info() is None  # no second move while loading
+            assert host.target == (1, 3) and host.current_placement() is None  # no second move while loading
             return True
 
         assert await host.move_to(1, can_leave)
@@ -115,7 +125,7 @@ def test_move_is_abandoned_when_leaving_would_uncover(tiny_checkpoints: Callable
         assert (host.start, host.end, host.target) == (0, 2, None)
         assert switch.current is old_backend
         assert node.stored[-1] == ("offline", (2, 4), [2, 3])  # the joining records are withdrawn
-        assert host.span_info() is not None  # it may try again later
+        assert host.current_placement() is not None  # it may try again later
         with pytest.raises(ValueError, match="cannot move"):
             await host.move_to(3, cannot_leave)  # past the model's end
 

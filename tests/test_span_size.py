@@ -23,12 +23,33 @@ def test_block_weight_bytes_match_a_loaded_block(tiny_checkpoints: Callable[[str
     assert block_weight_bytes(source.config, dtype) == loaded
 
 
-def test_block_cost_counts_cache_per_block_and_one_reserve(tiny_checkpoints: Callable[[str], Path]) -> None:
+def test_block_cost_counts_every_memory_item(tiny_checkpoints: Callable[[str], Path]) -> None:
     config = resolve_model(tiny_checkpoints("llama")).config  # hidden 64, kv 2 heads x 16, intermediate 128
     cost = block_cost(config, torch.float32, cache_tokens=1000, max_request_tokens=100)
     assert cost.cache_bytes == 1000 * SpanCache.bytes_per_token(1, (2, 16), torch.float32) == 1000 * 2 * 2 * 16 * 4
-    assert cost.reserve_bytes == 100 * (2 * 64 + 3 * 128) * 4
-    assert cost.per_block == cost.weight_bytes + cost.cache_bytes
+    assert cost.reserve_bytes == 100 * (8 * 64 + 4 * 128) * 4  # one block's activations with their graph
+    assert cost.backward_bytes == 100 * 64 * 4  # each block's input, kept by a recomputing backward
+    assert cost.move_bytes == 0 and cost.training_bytes == 0
+    assert cost.per_block == cost.weight_bytes + cost.cache_bytes + cost.backward_bytes
+    assert cost.fixed_bytes == cost.reserve_bytes
+    moving = block_cost(config, torch.float32, 1000, 100, training_cache_bytes=2**20, movable=True)
+    assert moving.move_bytes == moving.weight_bytes  # a move holds the old and the new span's weights at once
+    assert moving.per_block == cost.per_block + cost.weight_bytes
+    assert moving.fixed_bytes == cost.reserve_bytes + 2**20  # the training activation store, once
+
+
+def test_a_recomputing_backward_holds_what_the_cost_model_says(tiny_checkpoints: Callable[[str], Path]) -> None:
+    """The peak memory of a backward (measured with autograd's saved-tensor hooks) stays within the model."""
+    from engine.server.activations import SavedBytes
+
+    source = resolve_model(tiny_checkpoints("llama"))
+    span = load_span(source, 0, 4, torch.float32)
+    cost = block_cost(source.config, torch.float32, cache_tokens=1, max_request_tokens=40)
+    hidden = torch.randn(2, 20, 64, requires_grad=True)
+    counter = SavedBytes(span.parameters())
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        span(hidden, 0, None, 0, 1)  # one block's graph, as the block-by-block backward builds it
+    assert counter.total <= cost.reserve_bytes
 
 
 def test_blocks_that_fit() -> None:
@@ -65,9 +86,12 @@ def test_gpu_budget_is_free_memory_capped_by_the_setting(monkeypatch: pytest.Mon
 
 
 def test_embedded_model_sizes() -> None:
-    """smollm2-135m in float32: ~14 MB of weights and, at the default 16384 cache tokens, ~25 MB of cache a block."""
+    """smollm2-135m in float32: ~14 MB of weights and, at the default 16384 cache tokens, ~25 MB of cache a block;
+    a request of 8192 tokens needs ~350 MB through one block with its graph and ~19 MB of input per block."""
     config = resolve_model("smollm2-135m").config
-    assert choose_num_blocks(config, torch.float32, "cpu", 0.5, 16384, 8192) == 8
+    assert choose_num_blocks(config, torch.float32, "cpu", 1.0, 16384, 8192) == 12
     assert choose_num_blocks(config, torch.float32, "cpu", 4.0, 16384, 8192) == 30
     # a smaller cache leaves room for more blocks in the same budget
-    assert choose_num_blocks(config, torch.float32, "cpu", 0.5, 1024, 8192) > 8
+    assert choose_num_blocks(config, torch.float32, "cpu", 1.0, 1024, 8192) > 12
+    # a server that may move holds a second copy of its weights; the training store comes off the top
+    assert choose_num_blocks(config, torch.float32, "cpu", 1.0, 16384, 8192, 2**28, movable=True) < 12

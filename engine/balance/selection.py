@@ -4,7 +4,7 @@ A server holds a contiguous span [start, end) of the model's blocks and adds its
 The swarm serves at the speed of its weakest block (the *bottleneck*), so a joining server takes the span that
 lifts the weakest blocks most, and a running server moves only when that pays for the reload.
 
-Two layers: functions over ``SpanInfo`` records (what a server reads from the DHT) and the array functions they
+Two layers: functions over ``ServerPlacement`` records (what a server reads from the DHT) and the array functions they
 call (``best_start``, ``rebalance``), which the simulator calls directly on its per-block totals.
 """
 
@@ -23,7 +23,7 @@ _REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
-class SpanInfo:
+class ServerPlacement:
     """One server as the swarm sees it: the blocks [start, end) it holds and the throughput it adds to each."""
 
     peer_id: str
@@ -71,12 +71,12 @@ def block_load(
     return totals, held.sum(axis=0)
 
 
-def block_throughputs(spans: Sequence[SpanInfo], num_blocks: int) -> np.ndarray:
+def block_throughputs(spans: Sequence[ServerPlacement], num_blocks: int) -> np.ndarray:
     """Total throughput of the swarm at each block (0 where no server holds it)."""
     return _load_of(spans, num_blocks)[0]
 
 
-def block_coverage(spans: Sequence[SpanInfo], num_blocks: int) -> np.ndarray:
+def block_coverage(spans: Sequence[ServerPlacement], num_blocks: int) -> np.ndarray:
     """Number of servers holding each block."""
     return _load_of(spans, num_blocks)[1]
 
@@ -113,7 +113,7 @@ def best_start(totals: np.ndarray, span_length: int, throughput: float) -> int:
     return int(candidates[0])
 
 
-def choose_best_span(spans: Sequence[SpanInfo], num_blocks: int, span_length: int, throughput: float) -> int:
+def choose_best_span(spans: Sequence[ServerPlacement], num_blocks: int, span_length: int, throughput: float) -> int:
     """Start index for a joining server: the most under-served span of ``span_length`` blocks (see best_start).
 
     ``spans`` should include servers that are still joining, so that concurrent joiners spread out.
@@ -180,7 +180,9 @@ def rebalance(
     return None
 
 
-def should_move(spans: Sequence[SpanInfo], num_blocks: int, my_peer_id: str, balance_quality: float) -> Move | None:
+def should_move(
+    spans: Sequence[ServerPlacement], num_blocks: int, my_peer_id: str, balance_quality: float
+) -> Move | None:
     """Rebalancing decision for the server ``my_peer_id`` over the swarm ``spans`` (which includes it).
 
     Returns where to move and why, or None to stay; the rule is documented on ``rebalance``.
@@ -204,7 +206,7 @@ def join_delay(rng: np.random.Generator, max_delay_s: float) -> float:
     return float(rng.uniform(0.0, max_delay_s)) if max_delay_s > 0 else 0.0
 
 
-def _load_of(spans: Sequence[SpanInfo], num_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+def _load_of(spans: Sequence[ServerPlacement], num_blocks: int) -> tuple[np.ndarray, np.ndarray]:
     count = len(spans)
     starts = np.fromiter((span.start for span in spans), dtype=np.int64, count=count)
     ends = np.fromiter((span.end for span in spans), dtype=np.int64, count=count)

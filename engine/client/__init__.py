@@ -5,12 +5,16 @@
 - ``routing.py``: pure routing decisions: ``inference_route`` (lowest expected latency: measured round trips plus
   announced compute, avoiding banned and cache-less servers) and ``make_route`` (forward/backward: fewest hops,
   load spread by throughput); ``MissingBlocksError`` names the blocks nothing can serve.
-- ``router.py``: ``Router``, what routing needs, per connection: fresh DHT views, the ban list, the pinger; and
-  ``is_server_fault``, which failures another server may fix.
+- ``router.py``: ``Router``, what routing needs, per connection: fresh DHT views, the ban list, the pinger;
+  ``Router.recover``, the one answer to a failed request (re-raise, or ban and count against a ``RetryBudget``);
+  and ``is_server_fault``, which failures another server may fix.
+- ``answers.py``: ``check_answer`` (shape, dtype, finite) and ``BadAnswer``; ``wire_dtype``, the dtype hidden states
+  travel in to a server (its own when 16-bit).
 - ``pinger.py``: ``Pinger``, smoothed round trips to servers, refreshed in the background.
 - ``bans.py``: ``BanList``, servers that failed, avoided for a time that doubles with each failure in a row.
-- ``session.py``: ``InferenceSession``, a generation's attention caches held along a chain; on a server failure it
-  replays the span's remembered inputs at their positions on a new chain (the paper's Algorithm 1).
+- ``session.py``: ``InferenceSession``, a generation's attention caches held along a chain of ``HopState`` (an
+  ``InferenceStream`` and its inputs); on a server failure it replays a hop's remembered inputs at their positions
+  on a new chain (the paper's Algorithm 1), and it reopens hops left idle past their server's timeout.
 - ``remote.py``: ``RemoteBlocks``, forward and backward through the swarm as a torch module; failed hops are
   recomputed on other servers.
 - ``model.py``: ``CausalLMParts`` (the client-side embeddings, norm and head) and ``DistributedCausalLM`` (them

@@ -20,16 +20,21 @@ from engine.hf.sampling import (
 
 @dataclass
 class GenerationSettings:
-    """How to pick each next token. Greedy unless ``do_sample``."""
+    """How to pick each next token; greedy unless ``do_sample``. The CLI's generation options are derived from
+    these fields (their ``help``), so the command line and the library cannot disagree on a default."""
 
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no top-k filter
-    top_p: float = 1.0  # 1.0: no nucleus filter
-    repetition_penalty: float = 1.0  # 1.0: none
-    stop_strings: Sequence[str] = field(default_factory=tuple)
-    seed: int | None = None
+    max_new_tokens: int = field(default=64, metadata={"help": "most new tokens to generate"})
+    do_sample: bool = field(
+        default=False, metadata={"help": "sample the next token (with the options below) instead of the most likely"}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "with --do-sample: sampling temperature (> 0)"})
+    top_k: int = field(default=0, metadata={"help": "with --do-sample: keep the k most likely tokens (0: all)"})
+    top_p: float = field(
+        default=1.0, metadata={"help": "with --do-sample: keep the most likely tokens up to this probability mass"}
+    )
+    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty on tokens already present (1: none)"})
+    stop_strings: list[str] = field(default_factory=list, metadata={"help": "stop when the text contains one of these"})
+    seed: int | None = field(default=None, metadata={"help": "random seed of sampling (default: unseeded)"})
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:

@@ -7,10 +7,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from hivemind.p2p import P2P, PeerID
+from hivemind.p2p import P2P
 
 from engine import wire
-from engine.server.handler import BlockServicer
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +56,11 @@ class Pinger:
 
     async def ping(self, peer: str) -> float | None:
         """One ping; returns the measured round trip, or None if the server did not answer in time."""
-        stub = BlockServicer.get_stub(self.p2p, PeerID.from_base58(peer))
         began = time.perf_counter()
         try:
-            wire.unpack_response(await stub.rpc_ping(wire.request(), timeout=self.timeout), peer)
+            wire.unpack_response(
+                await wire.call(self.p2p, peer, wire.PING_PROTOCOL, wire.request(), self.timeout), peer
+            )
         except Exception as error:  # any failure to answer is what we measure, not a reason to stop
             logger.debug("ping to %s failed: %s", peer[-8:], error)
             self.record_failure(peer)

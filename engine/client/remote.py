@@ -3,7 +3,8 @@
 Servers keep their weights frozen: the client remembers what it sent to each hop and, on backward, sends it
 again with the output gradient; the server returns the gradients of its inputs (and of deep prompts), from the
 graph it kept since the forward or by recomputing the forward. Batches are split into chunks within every
-server's request limit.
+server's request limit and the message limit (deep prompts and their gradients counted). Hidden states go to a
+16-bit server in its dtype; every answer is checked (shape, dtype, finite) before it is used.
 
 A hop whose server fails (connection lost, timeout, leaving) is recomputed elsewhere: in forward, the failed
 blocks get a new chain fed the same input; in backward, the new chain's inner inputs are first recomputed by a
@@ -21,14 +22,13 @@ import uuid
 from dataclasses import dataclass
 
 import torch
-from hivemind.p2p import PeerID
 from torch import nn
 
 from engine import wire
-from engine.client.router import RetryBudget, is_server_fault
+from engine.client.answers import BadAnswer, check_answer, wire_dtype
+from engine.client.router import RetryBudget
 from engine.client.routing import Hop
 from engine.client.swarm import SwarmConnection
-from engine.server.handler import BlockServicer
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class RequestOptions:
 
 
 BASE = RequestOptions()
+MESSAGE_OVERHEAD_BYTES = 2**16  # room in a message for its framing, tensor headers and metadata
 
 
 class RemoteBlocks(nn.Module):
@@ -83,53 +84,82 @@ class RemoteBlocks(nn.Module):
         return await self.router.training_chain(0, self.num_blocks, adapter=options.adapter)
 
     async def _call(
-        self, hop: Hop, method: str, tensors: list[torch.Tensor], metadata: dict | None = None
+        self,
+        hop: Hop,
+        protocol: str,
+        tensors: list[torch.Tensor],
+        expected: list[torch.Size],
+        metadata: dict | None = None,
     ) -> list[torch.Tensor]:
-        stub = BlockServicer.get_stub(self.swarm.p2p, PeerID.from_base58(hop.peer_id))
+        """One request to ``hop``; its answers checked against the ``expected`` shapes and returned in float32."""
         message = wire.request(tensors, start=hop.start, end=hop.end, **(metadata or {}))
-        answer = await getattr(stub, method)(message, timeout=self.request_timeout)
+        answer = await wire.call(self.swarm.p2p, hop.peer_id, protocol, message, self.request_timeout)
         try:
-            return wire.unpack_response(answer, hop.peer_id)[0]
+            outputs = wire.unpack_response(answer, hop.peer_id)[0]
         except wire.BadRequest as error:  # garbage from the server is the server's fault: try another one
-            raise ConnectionError(f"server {hop.peer_id[-8:]} sent a malformed answer: {error}") from None
+            raise BadAnswer(f"server {hop.peer_id[-8:]} sent a malformed answer: {error}") from None
+        if len(outputs) != len(expected):
+            raise BadAnswer(f"server {hop.peer_id[-8:]} answered {len(outputs)} tensors instead of {len(expected)}")
+        what = "a forward" if protocol == wire.FORWARD_PROTOCOL else "a backward"
+        return [
+            check_answer(out, shape, hop.record, what).float() for out, shape in zip(outputs, expected, strict=True)
+        ]
 
     async def _chunked(
         self,
         hop: Hop,
-        method: str,
+        protocol: str,
         batch: list[torch.Tensor],
         prompts: torch.Tensor | None,
         options: RequestOptions = BASE,
     ) -> list[torch.Tensor]:
-        """Call ``method`` on ``hop`` for batch-sized tensors in chunks; returns outputs concatenated on batch."""
+        """Call ``protocol`` on ``hop`` for batch-sized tensors in chunks; returns outputs concatenated on batch.
+
+        ``batch`` is the hidden states (sent in the server's dtype when it is 16-bit) and, for a backward, the output
+        gradients (always float32: the server scales them before its own dtype). A backward answers the input
+        gradients and, with deep prompts, the prompts' gradients.
+        """
         rows, tokens = batch[0].shape[:2]
-        bytes_per_row = sum(tensor[0].numel() * tensor.element_size() for tensor in batch) * 2  # answer alike
-        per_chunk = min(hop.record.max_request_tokens // tokens, wire.MAX_MESSAGE_BYTES // bytes_per_row, rows)
+        dtype = wire_dtype(hop.record)
+        batch = [batch[0].to(dtype), *batch[1:]]
+        hop_prompts = None if prompts is None else prompts[hop.start : hop.end].to(dtype)
+        per_chunk = min(hop.record.max_request_tokens // tokens, self._rows_per_message(batch, hop_prompts), rows)
         if per_chunk < 1:
             raise ValueError(
                 f"one sequence of {tokens} tokens is larger than server {hop.peer_id[-8:]} accepts in one request; "
                 "use shorter sequences"
             )
+        backward = protocol == wire.BACKWARD_PROTOCOL
         results: list[list[torch.Tensor]] = []
         for first in range(0, rows, per_chunk):
             chunk = [tensor[first : first + per_chunk] for tensor in batch]
-            if prompts is not None:
-                chunk.append(prompts[hop.start : hop.end, first : first + per_chunk])
-            results.append(await self._call(hop, method, chunk, options.metadata(hop, first)))
+            expected = [chunk[0].shape]
+            if hop_prompts is not None:
+                chunk.append(hop_prompts[:, first : first + per_chunk])
+                if backward:
+                    expected.append(chunk[-1].shape)
+            results.append(await self._call(hop, protocol, chunk, expected, options.metadata(hop, first)))
         # outputs are batch-first, except deep-prompt gradients: (blocks, batch, prefix, hidden)
         return [
             torch.cat(parts, dim=1 if index == 1 and prompts is not None else 0)
             for index, parts in enumerate(zip(*results, strict=True))
         ]
 
+    @staticmethod
+    def _rows_per_message(batch: list[torch.Tensor], prompts: torch.Tensor | None) -> int:
+        """Batch rows whose request, and whose answer, fit one message: every tensor of a row counts, deep prompts
+        and (in a backward's answer) their gradients included, each at float32 size (the largest either side sends).
+        A request carries at least what its answer does (inputs and prompts in, their gradients or outputs out)."""
+        row = sum(tensor[0].numel() for tensor in batch)
+        if prompts is not None:
+            row += prompts[:, 0].numel()
+        return (wire.MAX_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES) // (row * 4)
+
     async def _failed(
         self, hop: Hop, error: Exception, budget: RetryBudget, options: RequestOptions = BASE
     ) -> list[Hop]:
-        """Handle a failed call: re-raise the request's own errors, else ban the server and route around it."""
-        if not is_server_fault(error):
-            raise error
-        self.router.failed(hop, error)
-        budget.spend(range(hop.start, hop.end), error)
+        """Handle a failed call (``Router.recover``), then route around the failed server."""
+        self.router.recover(hop, error, budget)
         return await self.router.training_chain(hop.start, hop.end, adapter=options.adapter)
 
     async def _forward_route(
@@ -145,7 +175,7 @@ class RemoteBlocks(nn.Module):
         while index < len(route):
             hop = route[index]
             try:
-                output = (await self._chunked(hop, "rpc_forward", [hidden], prompts, options))[0]
+                output = (await self._chunked(hop, wire.FORWARD_PROTOCOL, [hidden], prompts, options))[0]
             except Exception as error:
                 route[index : index + 1] = await self._failed(hop, error, budget, options)
                 continue
@@ -167,7 +197,7 @@ class RemoteBlocks(nn.Module):
     ) -> torch.Tensor:
         """Gradient of ``hop``'s input; if its server fails, the blocks are recomputed on a new chain."""
         try:
-            grads = await self._chunked(hop, "rpc_backward", [hidden, grad], prompts, options)
+            grads = await self._chunked(hop, wire.BACKWARD_PROTOCOL, [hidden, grad], prompts, options)
         except Exception as error:
             route = await self._failed(hop, error, budget, options)
             inputs = [hidden]

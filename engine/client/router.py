@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError
 
+from engine.client.answers import BadAnswer
 from engine.client.bans import BanList
 from engine.client.config import ClientSettings
 from engine.client.pinger import Pinger
@@ -32,16 +33,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# What a broken, hanging or leaving server looks like to a client. A RemoteError is the server's verdict on the
-# request (the client's fault) unless the server says it is unavailable (full, leaving).
-_TRANSPORT_ERRORS = (ConnectionError, TimeoutError, OSError, EOFError, P2PDaemonError, P2PHandlerError)
+# What a broken, hanging, lying or leaving server looks like to a client. A RemoteError is the server's verdict on
+# the request (the client's fault) unless the server says it is unavailable (busy, leaving).
+_SERVER_FAULTS = (ConnectionError, TimeoutError, OSError, EOFError, P2PDaemonError, P2PHandlerError, BadAnswer)
 
 
 def is_server_fault(error: BaseException) -> bool:
     """True if another server may succeed where this one failed; False if the request itself was wrong."""
     if isinstance(error, RemoteError):
         return error.unavailable
-    return isinstance(error, _TRANSPORT_ERRORS)
+    return isinstance(error, _SERVER_FAULTS)
 
 
 class Router:
@@ -124,6 +125,14 @@ class Router:
             if missing:
                 raise MissingBlocksError(missing, f"no server there serves adapter {adapter!r}")
         return serving
+
+    def recover(self, hop: Hop, error: Exception, budget: RetryBudget) -> None:
+        """The one answer to a failed request: re-raise the request's own errors; else ban the server that failed
+        and count the failure against ``budget`` (which raises, naming the blocks, once it is spent)."""
+        if not is_server_fault(error):
+            raise error
+        self.failed(hop, error)
+        budget.spend(range(hop.start, hop.end), error)
 
     def failed(self, hop: Hop, error: BaseException) -> None:
         """Ban a server that failed (connection lost, timeout, unavailable)."""

@@ -1,11 +1,15 @@
 """A fault-tolerant inference session: attention caches held along a chain of servers, one step per token.
 
-This is the paper's Algorithm 1. The client remembers, for every span of the chain, each input it sent there
-and at which position. When a server fails (its connection drops, it errors, or a step gets no answer within
-the step timeout), the client bans it, finds a new chain for just that span's blocks, replays the remembered
-inputs at their original positions so the new servers rebuild the same attention caches, and goes on with the
-step. Replayed steps keep their original shapes (one message per original step), so the new servers compute
-bit for bit what the old one did and the generated tokens are the same as without the failure.
+This is the paper's Algorithm 1. The client remembers, for every hop of the chain, each input it sent there
+and at which position. When a server fails (its connection drops, it errors, it answers something wrong, or a
+step gets no answer within the step timeout), the client bans it, finds a new chain for just that hop's blocks,
+replays the remembered inputs at their original positions so the new servers rebuild the same attention caches,
+and goes on with the step. Replayed steps keep their original shapes (one message per original step), so the new
+servers compute bit for bit what the old one did and the generated tokens are the same as without the failure.
+
+A server closes a session its client left idle for longer than the ``idle_timeout`` it announced when the
+session opened. A client that comes back after such a pause (a user reading the answer) reopens that hop the
+same way, without blaming anyone.
 """
 
 from __future__ import annotations
@@ -21,30 +25,34 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
 from engine import wire
+from engine.client.answers import BadAnswer, check_answer, wire_dtype
 from engine.client.router import RetryBudget, is_server_fault
 from engine.client.routing import Hop, MissingBlocksError
 from engine.client.swarm import SwarmConnection
-from engine.server.handler import BlockServicer
 
 logger = logging.getLogger(__name__)
 
-# hivemind's protocol name of the server's stream RPC; the stream is spoken at the framing level (see SpanStream)
-INFERENCE_PROTOCOL = BlockServicer._get_handle_name(None, "rpc_inference")
+History = list[tuple[int, torch.Tensor]]  # (position, hidden states) of every step sent to a hop
 
-History = list[tuple[int, torch.Tensor]]  # (position, hidden states) of every step sent to a span
+# A hop idle for this share of its server's idle timeout is reopened before the next step rather than risk
+# stepping into a session the server is closing at that moment.
+IDLE_MARGIN = 0.9
 
 
-class SpanStream:
+class InferenceStream:
     """An open inference stream to one server, for blocks [hop.start, hop.end).
 
-    It reads and writes hivemind's stream framing itself instead of going through a stub: a stub's response
-    iterator waits for its request iterator to finish after the connection drops, which would turn every dead
-    server into a step timeout; here a closed connection is a ``ConnectionError`` at once. It also lets a replay
-    send all its steps before reading the first answer.
+    It reads and writes the stream framing itself (``engine.wire``) instead of going through a stub: a stub's
+    response iterator waits for its request iterator to finish after the connection drops, which would turn every
+    dead server into a step timeout; here a closed connection is a ``ConnectionError`` at once. It also lets a
+    replay send all its steps before reading the first answer. Hidden states go out in the server's dtype when it
+    is 16-bit; answers are checked (``check_answer``) and come back in the dtype the caller sent.
     """
 
     def __init__(self, hop: Hop, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.hop, self._reader, self._writer = hop, reader, writer
+        self.idle_timeout = float("inf")  # as the server announced it when the session opened
+        self.last_used = time.monotonic()
 
     @classmethod
     async def open(
@@ -56,22 +64,25 @@ class SpanStream:
         timeout: float,
         adapter: str | None = None,
         prompts: torch.Tensor | None = None,
-    ) -> SpanStream:
+    ) -> InferenceStream:
         """Open the session on the server; ``adapter`` and the hop's slice of deep ``prompts`` apply to every step."""
         async with asyncio.timeout(timeout):
             _, reader, writer = await p2p.call_binary_stream_handler(
-                PeerID.from_base58(hop.peer_id), INFERENCE_PROTOCOL
+                PeerID.from_base58(hop.peer_id), wire.INFERENCE_PROTOCOL
             )
         stream = cls(hop, reader, writer)
         try:
             options = {} if adapter is None else {"adapter": adapter}
-            tensors = [] if prompts is None else [prompts[hop.start : hop.end]]
+            tensors = [] if prompts is None else [prompts[hop.start : hop.end].to(wire_dtype(hop.record))]
             await stream._send(
                 wire.request(
                     tensors, start=hop.start, end=hop.end, batch_size=batch_size, max_length=max_length, **options
                 )
             )
-            await stream._receive(timeout)  # the server's acknowledgement, or its reason to refuse
+            ack = await stream._receive(timeout)  # the server's acknowledgement, or its reason to refuse
+            idle = ack[1].get("idle_timeout")
+            if isinstance(idle, int | float) and idle > 0:
+                stream.idle_timeout = float(idle)
         except BaseException:
             stream.abort()
             raise
@@ -81,31 +92,43 @@ class SpanStream:
     def name(self) -> str:
         return f"server {self.hop.peer_id[-8:]}"
 
-    async def _send(self, message: runtime_pb2.ExpertRequest) -> None:
-        await P2P.send_protobuf(message, self._writer)
+    @property
+    def expiring(self) -> bool:
+        """True when the server may be closing this session for idleness: reopen it instead of stepping."""
+        return time.monotonic() - self.last_used >= IDLE_MARGIN * self.idle_timeout
 
-    async def _receive(self, timeout: float) -> list[torch.Tensor]:
+    async def _send(self, message: runtime_pb2.ExpertRequest) -> None:
+        self.last_used = time.monotonic()
+        await wire.send_message(message, self._writer)
+
+    async def _receive(self, timeout: float) -> tuple[list[torch.Tensor], dict]:
         try:
             async with asyncio.timeout(timeout):
-                message, error = await P2P.receive_protobuf(runtime_pb2.ExpertResponse, self._reader)
+                message = await wire.receive_message(self._reader, runtime_pb2.ExpertResponse)
         except asyncio.IncompleteReadError:
             raise ConnectionError(f"{self.name} closed the session") from None
         except TimeoutError:
             raise TimeoutError(f"{self.name} did not answer within {timeout:g} s") from None
-        if error is not None:
-            raise ConnectionError(f"{self.name} failed: {error.message}")
-        try:
-            return wire.unpack_response(message, self.hop.peer_id)[0]
         except wire.BadRequest as error:  # garbage from the server is the server's fault: try another one
-            raise ConnectionError(f"{self.name} sent a malformed answer: {error}") from None
+            raise BadAnswer(f"{self.name} sent a malformed answer: {error}") from None
+        if message is None:
+            raise ConnectionError(f"{self.name} closed the session")
+        try:
+            return wire.unpack_response(message, self.hop.peer_id)
+        except wire.BadRequest as error:
+            raise BadAnswer(f"{self.name} sent a malformed answer: {error}") from None
 
-    def _output(self, tensors: list[torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
-        if len(tensors) != 1 or tensors[0].shape != hidden.shape:
-            raise ConnectionError(f"{self.name} answered a step with a malformed tensor")
-        return tensors[0]
+    def _output(self, answer: tuple[list[torch.Tensor], dict], hidden: torch.Tensor) -> torch.Tensor:
+        tensors = answer[0]
+        if len(tensors) != 1:
+            raise BadAnswer(f"{self.name} answered a step with {len(tensors)} tensors instead of 1")
+        return check_answer(tensors[0], hidden.shape, self.hop.record, "a step").to(hidden.dtype)
+
+    def _step_request(self, hidden: torch.Tensor, position: int) -> runtime_pb2.ExpertRequest:
+        return wire.request([hidden.to(wire_dtype(self.hop.record))], position=position)
 
     async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
-        await self._send(wire.request([hidden], position=position))
+        await self._send(self._step_request(hidden, position))
         return self._output(await self._receive(timeout), hidden)
 
     async def replay(self, history: History, timeout: float) -> list[torch.Tensor]:
@@ -116,7 +139,7 @@ class SpanStream:
 
         async def send_all() -> None:
             for position, hidden in history:
-                await self._send(wire.request([hidden], position=position))
+                await self._send(self._step_request(hidden, position))
 
         sender = asyncio.create_task(send_all())
         try:
@@ -130,7 +153,7 @@ class SpanStream:
         """End the session politely (the server frees its cache at once); never fails."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):
-                await P2P.send_protobuf(P2P.END_OF_STREAM, self._writer)
+                await wire.send_end(self._writer)
         self.abort()
 
     def abort(self) -> None:
@@ -153,13 +176,19 @@ def merge_steps(history: History, max_bytes: int = wire.MAX_MESSAGE_BYTES // 8) 
 
 
 @dataclass
-class _Span:
-    stream: SpanStream
+class HopState:
+    """One hop of a session's chain: its open stream and every input sent through it (for a replay)."""
+
+    stream: InferenceStream
     history: History = field(default_factory=list)
 
     @property
     def hop(self) -> Hop:
         return self.stream.hop
+
+
+def _expired(error: Exception) -> bool:
+    return isinstance(error, wire.RemoteError) and error.expired
 
 
 class InferenceSession:
@@ -191,13 +220,14 @@ class InferenceSession:
         self.step_timeout = swarm.settings.step_timeout if step_timeout is None else step_timeout
         self.max_retries = swarm.settings.max_retries if max_retries is None else max_retries
         self.position = 0
-        self.spans: list[_Span] = []
-        self.recoveries = 0  # how many times a failed span was replaced (diagnostics, benchmarks)
+        self.hops: list[HopState] = []
+        self.recoveries = 0  # how many times a failed hop was replaced (diagnostics, benchmarks)
+        self.reopened = 0  # how many times a hop idle past its server's timeout was reopened (no failure)
         self._closed = False
 
     @property
     def route(self) -> list[Hop]:
-        return [span.hop for span in self.spans]
+        return [state.hop for state in self.hops]
 
     def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Send new tokens' hidden states (batch, tokens, hidden) through all blocks; returns the outputs."""
@@ -214,38 +244,46 @@ class InferenceSession:
 
     async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
         budget = RetryBudget(self.max_retries)
-        if not self.spans:
-            self.spans = await self._build(0, self.num_blocks, [], budget)
+        if not self.hops:
+            self.hops = await self._build(0, self.num_blocks, [], budget)
         position, index = self.position, 0
-        while index < len(self.spans):
-            span = self.spans[index]
+        while index < len(self.hops):
+            state = self.hops[index]
             try:
-                output = await span.stream.step(hidden, position, self.step_timeout)
+                if state.stream.expiring:
+                    raise wire.RemoteError(state.hop.peer_id, "session idle past the server's timeout", expired=True)
+                output = await state.stream.step(hidden, position, self.step_timeout)
             except Exception as error:
-                if not is_server_fault(error):
-                    raise
-                span.stream.abort()
-                self.router.failed(span.hop, error)
-                budget.spend(range(span.hop.start, span.hop.end), error)
-                began = time.perf_counter()
-                replacement = await self._build(span.hop.start, span.hop.end, span.history, budget)
-                self.spans[index : index + 1] = replacement
-                self.recoveries += 1
-                logger.info(
-                    "blocks %d:%d moved to %s in %.3f s, replaying %d steps",
-                    span.hop.start,
-                    span.hop.end,
-                    ", ".join(f"{new.hop.start}:{new.hop.end}@{new.hop.peer_id[-8:]}" for new in replacement),
-                    time.perf_counter() - began,
-                    len(span.history),
-                )
-                continue  # the same step, on the new span(s)
-            span.history.append((position, hidden))
+                if not (_expired(error) or is_server_fault(error)):
+                    raise  # the request itself was refused: the session stays as it was
+                state.stream.abort()
+                if _expired(error):
+                    self.reopened += 1  # nobody failed: open the hop again and replay, without a ban
+                else:
+                    self.router.recover(state.hop, error, budget)
+                    self.recoveries += 1
+                await self._replace(index, state, budget)
+                continue  # the same step, on the new hop(s)
+            state.history.append((position, hidden))
             hidden = output
             index += 1
         return hidden
 
-    async def _build(self, start: int, end: int, history: History, budget: RetryBudget) -> list[_Span]:
+    async def _replace(self, index: int, state: HopState, budget: RetryBudget) -> None:
+        """Put a new chain for ``state``'s blocks in its place, its caches rebuilt from the hop's history."""
+        began = time.perf_counter()
+        replacement = await self._build(state.hop.start, state.hop.end, state.history, budget)
+        self.hops[index : index + 1] = replacement
+        logger.info(
+            "blocks %d:%d moved to %s in %.3f s, replaying %d steps",
+            state.hop.start,
+            state.hop.end,
+            ", ".join(f"{new.hop.start}:{new.hop.end}@{new.hop.peer_id[-8:]}" for new in replacement),
+            time.perf_counter() - began,
+            len(state.history),
+        )
+
+    async def _build(self, start: int, end: int, history: History, budget: RetryBudget) -> list[HopState]:
         """Open a chain over [start, end) and replay ``history`` through it, retrying on other servers."""
         excluded: set[str] = set()  # servers that refused this session (e.g. cache full): try the others
         refusal: wire.RemoteError | None = None
@@ -260,7 +298,7 @@ class InferenceSession:
                 raise
             opened = await asyncio.gather(
                 *(
-                    SpanStream.open(
+                    InferenceStream.open(
                         self.swarm.p2p,
                         hop,
                         self.batch_size,
@@ -273,52 +311,45 @@ class InferenceSession:
                 ),
                 return_exceptions=True,
             )
-            streams = [stream for stream in opened if isinstance(stream, SpanStream)]
-            failures = [
-                (hop, error) for hop, error in zip(route, opened, strict=True) if isinstance(error, BaseException)
-            ]
+            streams = [stream for stream in opened if isinstance(stream, InferenceStream)]
+            failures = [(hop, error) for hop, error in zip(route, opened, strict=True) if isinstance(error, Exception)]
+            if len(streams) + len(failures) < len(opened):  # a cancellation: not a server's doing
+                raise next(error for error in opened if isinstance(error, BaseException))
             if failures:
                 for stream in streams:
                     await stream.close()
                 for hop, error in failures:
                     if isinstance(error, wire.RemoteError) and not error.unavailable:
-                        excluded.add(hop.peer_id)
+                        excluded.add(hop.peer_id)  # it refused this session; others may take it
                         refusal = error
-                    elif is_server_fault(error):
-                        self.router.failed(hop, error)
-                        budget.spend(range(hop.start, hop.end), error)
                     else:
-                        raise error
+                        self.router.recover(hop, error, budget)
                 continue
-            spans = [_Span(stream) for stream in streams]
-            failure = await self._replay(spans, history)
+            hops = [HopState(stream) for stream in streams]
+            failure = await self._replay(hops, history)
             if failure is not None:
                 for stream in streams:
                     stream.abort()
-                hop, error = failure
-                if not is_server_fault(error):
-                    raise error
-                self.router.failed(hop, error)
-                budget.spend(range(hop.start, hop.end), error)
+                self.router.recover(*failure, budget)
                 continue
             for stream in streams:
                 self.router.served(stream.hop.peer_id)
-            return spans
+            return hops
 
-    async def _replay(self, spans: list[_Span], history: History) -> tuple[Hop, Exception] | None:
-        """Replay ``history`` through ``spans`` in order (each span's outputs are the next one's inputs).
+    async def _replay(self, hops: list[HopState], history: History) -> tuple[Hop, Exception] | None:
+        """Replay ``history`` through ``hops`` in order (each hop's outputs are the next one's inputs).
 
-        Returns the hop that failed and its error, or None when every span has rebuilt its cache.
+        Returns the hop that failed and its error, or None when every hop has rebuilt its cache.
         """
         inputs = merge_steps(history) if self.swarm.settings.batched_replay else history
-        for span in spans:
-            span.history = list(inputs)
+        for state in hops:
+            state.history = list(inputs)
             if not inputs:
                 continue
             try:
-                outputs = await span.stream.replay(inputs, self.step_timeout)
+                outputs = await state.stream.replay(inputs, self.step_timeout)
             except Exception as error:
-                return span.hop, error
+                return state.hop, error
             inputs = [(position, output) for (position, _), output in zip(inputs, outputs, strict=True)]
         return None
 
@@ -326,11 +357,11 @@ class InferenceSession:
         if self._closed:
             return
         self._closed = True
-        if self.spans and not self.swarm.loop.is_closed():
+        if self.hops and not self.swarm.loop.is_closed():
             self.swarm.run(self._close_streams(), timeout=10)
 
     async def _close_streams(self) -> None:
-        await asyncio.gather(*(span.stream.close() for span in self.spans))
+        await asyncio.gather(*(state.stream.close() for state in self.hops))
 
     def __enter__(self) -> InferenceSession:
         return self

@@ -1,9 +1,10 @@
-"""The server's RPCs over hivemind P2P: an inference stream, forward, backward and info.
+"""The server's RPCs over hivemind P2P: ping, info, forward, backward (unary) and the inference stream.
 
-Every handler turns a bad request into a one-line error response (``wire.error_response``) and keeps serving;
-only the request that broke a rule fails. An unexpected error while computing is the server's own fault: it is
-logged with its traceback here and answered as "unavailable" with its one-line cause, so the client names this
-server and the cause, and tries another server.
+Protocol names and the stream framing are the wire format's (``engine.wire``). Every handler turns a bad request
+into a one-line error response and keeps serving; only the request that broke a rule fails. A server that is busy
+(its queue or a client's share is full) or leaving answers "unavailable", so the client tries another server. An
+unexpected error while computing is the server's own fault: it is logged with its traceback here and answered as
+"unavailable" with its one-line cause, so the client names this server and the cause, and tries another one.
 """
 
 from __future__ import annotations
@@ -11,25 +12,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from typing import AsyncIterator  # noqa: UP035 (hivemind detects streams by typing's alias, not collections.abc's)
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-from hivemind.p2p import P2PContext, ServicerBase
+import torch
+from hivemind.p2p import P2P, P2PContext
+from hivemind.p2p.p2p_daemon_bindings.datastructures import StreamInfo
 from hivemind.proto import runtime_pb2
 
 from engine import wire
-from engine.server.backend import SpanBackend
+from engine.server.backend import Session, SpanBackend
 from engine.server.executor import INFERENCE, TRAINING, PriorityExecutor
-from engine.wire import BadRequest
+from engine.server.limits import Admission, RequestLimits, TooBusy
+from engine.wire import BadRequest, MessageTooLarge
 
 logger = logging.getLogger(__name__)
+
+Response = runtime_pb2.ExpertResponse
+# After refusing an oversized message, the stream is read (and dropped, a chunk at a time) for at most this long
+# before it is closed: closing with unread data would reset the connection and could lose the refusal itself.
+LINGER_SECONDS = 2.0
 
 
 class ComputeFailed(RuntimeError):
     """The server itself failed to compute a request (not the request's fault); the message is one line."""
 
 
-class BlockServicer(ServicerBase):
+class BlockServicer:
     """RPC endpoints of one server; ``info`` returns what ``describe`` gives."""
 
     def __init__(
@@ -37,19 +45,41 @@ class BlockServicer(ServicerBase):
         backend: SpanBackend,
         executor: PriorityExecutor,
         describe: Callable[[], dict],
-        step_timeout: float = 300.0,
+        limits: RequestLimits | None = None,
         simulated_delay: float = 0.0,
     ):
         self.backend = backend
         self.executor = executor
         self.describe = describe
-        self.step_timeout = step_timeout  # a silent client's session is closed after this many seconds
+        self.limits = limits or RequestLimits()
+        self.admission = Admission(self.limits)
         self.simulated_delay = simulated_delay  # seconds added to every answer: tests and simulations only
         self.accepting = True  # False while draining: steps in flight finish, new work is refused as unavailable
-        self.active_sessions = 0
         self.steps_in_flight = 0  # inference steps, forwards and backwards accepted and not yet answered
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def active_sessions(self) -> int:
+        return self.admission.open_sessions
+
+    async def add_p2p_handlers(self, p2p: P2P) -> None:
+        for protocol, handler in self._unary().items():
+            await p2p.add_protobuf_handler(protocol, handler, runtime_pb2.ExpertRequest)
+        await p2p.add_binary_stream_handler(wire.INFERENCE_PROTOCOL, self.handle_inference)
+
+    async def remove_p2p_handlers(self, p2p: P2P) -> None:
+        for protocol in self._unary():
+            await p2p.remove_protobuf_handler(protocol)
+        await p2p.remove_binary_stream_handler(wire.INFERENCE_PROTOCOL)
+
+    def _unary(self) -> dict[str, Callable[[runtime_pb2.ExpertRequest, P2PContext], Awaitable[Response]]]:
+        return {
+            wire.PING_PROTOCOL: self.rpc_ping,
+            wire.INFO_PROTOCOL: self.rpc_info,
+            wire.FORWARD_PROTOCOL: self.rpc_forward,
+            wire.BACKWARD_PROTOCOL: self.rpc_backward,
+        }
 
     @contextlib.contextmanager
     def _in_flight(self) -> Iterator[None]:
@@ -72,95 +102,146 @@ class BlockServicer(ServicerBase):
             return False
         return True
 
-    async def _compute(self, priority: int, fn: Callable, *args: object) -> object:
-        """Run ``fn`` on the compute thread; an unexpected failure becomes a ``ComputeFailed`` with a one-line cause."""
-        try:
-            return await self.executor.submit(priority, fn, *args)
-        except BadRequest:
-            raise
-        except Exception as error:
-            logger.exception("%s failed on the compute thread", getattr(fn, "__name__", "compute"))
-            cause = (str(error).strip().splitlines() or [""])[0]
-            raise ComputeFailed(
-                f"internal error: {type(error).__name__}: {cause}" if cause else type(error).__name__
-            ) from error
+    async def _compute(self, kind: int, peer: str, fn: Callable, *args: object) -> object:
+        """Run ``fn`` on the compute thread within ``peer``'s share of the queue.
 
-    def _leaving(self) -> runtime_pb2.ExpertResponse:
+        An unexpected failure becomes a ``ComputeFailed`` with a one-line cause; a full queue is ``TooBusy``.
+        """
+        nbytes = sum(arg.nbytes for arg in args if isinstance(arg, torch.Tensor))
+        with self.admission.job(peer, nbytes):
+            future = self.executor.submit(kind, fn, *args)
+            try:
+                return await future
+            except BadRequest:
+                raise
+            except Exception as error:
+                logger.exception("%s failed on the compute thread", getattr(fn, "__name__", "compute"))
+                cause = (str(error).strip().splitlines() or [""])[0]
+                raise ComputeFailed(
+                    f"internal error: {type(error).__name__}: {cause}" if cause else type(error).__name__
+                ) from error
+
+    def _leaving(self) -> Response:
         return wire.error_response("server is leaving the swarm; use another server", unavailable=True)
 
     async def _delay(self) -> None:
         if self.simulated_delay > 0:
             await asyncio.sleep(self.simulated_delay)
 
-    async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+    async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
         """The cheapest answer, for clients measuring round trips."""
         await self._delay()
         return wire.response()
 
-    async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+    async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
         await self._delay()
         return wire.response(**self.describe())
 
-    async def rpc_inference(
-        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
-    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+    async def handle_inference(
+        self, stream: StreamInfo, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """The inference stream: its answers written as they come, the connection closed when the session ends."""
+        with contextlib.closing(writer):
+            answers = self._session(stream.peer_id.to_base58(), reader)
+            try:
+                async for answer in answers:
+                    await wire.send_message(answer, writer)
+            except (ConnectionError, OSError):  # the client is gone: its session ends here
+                pass
+            finally:
+                await answers.aclose()
+
+    async def _receive(self, reader: asyncio.StreamReader) -> runtime_pb2.ExpertRequest | None:
+        """The client's next message; None when the stream ends, TimeoutError after the idle timeout."""
+        async with asyncio.timeout(self.limits.session_idle_timeout):
+            try:
+                return await wire.receive_message(reader, runtime_pb2.ExpertRequest, self.limits.max_message_bytes)
+            except asyncio.IncompleteReadError:
+                return None
+
+    async def _session(self, peer: str, reader: asyncio.StreamReader) -> AsyncIterator[Response]:
         """First message opens a session (start, end, batch_size, max_length, optional adapter; optional tensor:
-        deep prompts for its blocks); each later one is a step."""
-        session = None
+        deep prompts for its blocks); each later one is a step. The answer to the first one carries the session's
+        ``idle_timeout``: a client that waits longer reopens its session instead of stepping."""
         try:
-            first = await asyncio.wait_for(anext(requests), self.step_timeout)
+            first = await self._receive(reader)
+            if first is None:
+                return
             if not self.accepting:
                 yield self._leaving()
                 return
-            tensors, meta = wire.unpack(first)
-            if len(tensors) > 1:
-                raise BadRequest(f"a session request carries at most 1 tensor (deep prompts), got {len(tensors)}")
-            session = self.backend.open_session(
-                meta.get("start"),
-                meta.get("end"),
-                meta.get("batch_size", 1),
-                meta.get("max_length"),
-                meta.get("adapter"),
-                tensors[0] if tensors else None,
-            )
-            self.active_sessions += 1
-            yield wire.response(session_id=session.session_id, max_length=session.cache.max_length)
-            while True:
+            with self.admission.session(peer):
+                session = self._open(first, peer)
                 try:
-                    message = await asyncio.wait_for(anext(requests), self.step_timeout)
-                except (TimeoutError, StopAsyncIteration):
-                    return
-                try:
-                    tensors, meta = wire.unpack(message)
-                    if len(tensors) != 1:
-                        raise BadRequest(f"an inference step carries 1 tensor (hidden states), got {len(tensors)}")
-                    hidden, position = self.backend.check_step(session, tensors[0], meta.get("position"))
-                except BadRequest as error:
-                    yield wire.error_response(str(error))
-                    continue
-                if not self.accepting:  # draining: the client replays this session elsewhere
-                    yield self._leaving()
-                    return
-                with self._in_flight():
-                    try:
-                        output = await self._compute(INFERENCE, self.backend.inference_step, session, hidden, position)
-                    except ComputeFailed as error:  # the cache may be half-written: end this session
-                        yield wire.error_response(str(error), unavailable=True)
-                        return
-                    await self._delay()
-                    yield wire.response([output], position=position)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            yield wire.error_response(f"no session request within {self.step_timeout:.0f} s")
+                    yield wire.response(
+                        session_id=session.session_id,
+                        max_length=session.cache.max_length,
+                        idle_timeout=self.limits.session_idle_timeout,
+                    )
+                    async for answer in self._steps(session, peer, reader):
+                        yield answer
+                finally:
+                    self.backend.close_session(session)
+        except MessageTooLarge as error:  # the rest of the message is still in the stream: end it here
+            yield wire.error_response(str(error))
+            await _discard(reader, LINGER_SECONDS)
+        except TooBusy as error:
+            yield wire.error_response(str(error), unavailable=True)
         except BadRequest as error:
             yield wire.error_response(str(error))
-        finally:
-            if session is not None:
-                self.active_sessions -= 1
-                self.backend.close_session(session)
+        except TimeoutError:
+            yield wire.error_response(f"no session request within {self.limits.session_idle_timeout:g} s")
 
-    async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+    def _open(self, first: runtime_pb2.ExpertRequest, peer: str) -> Session:
+        tensors, meta = wire.unpack(first)
+        if len(tensors) > 1:
+            raise BadRequest(f"a session request carries at most 1 tensor (deep prompts), got {len(tensors)}")
+        return self.backend.open_session(
+            meta.get("start"),
+            meta.get("end"),
+            meta.get("batch_size", 1),
+            meta.get("max_length"),
+            meta.get("adapter"),
+            tensors[0] if tensors else None,
+            peer,
+        )
+
+    async def _steps(self, session: Session, peer: str, reader: asyncio.StreamReader) -> AsyncIterator[Response]:
+        while True:
+            try:
+                message = await self._receive(reader)
+            except TimeoutError:
+                idle = self.limits.session_idle_timeout
+                yield wire.error_response(f"session closed after {idle:g} s without a step", expired=True)
+                return
+            if message is None:
+                return
+            try:
+                tensors, meta = wire.unpack(message)
+                if len(tensors) != 1:
+                    raise BadRequest(f"an inference step carries 1 tensor (hidden states), got {len(tensors)}")
+                hidden, position = self.backend.check_step(session, tensors[0], meta.get("position"))
+            except BadRequest as error:
+                yield wire.error_response(str(error))
+                continue
+            if not self.accepting:  # draining: the client replays this session elsewhere
+                yield self._leaving()
+                return
+            with self._in_flight():
+                try:
+                    output = await self._compute(
+                        INFERENCE, peer, self.backend.inference_step, session, hidden, position
+                    )
+                except TooBusy as error:  # nothing was computed: the session is intact
+                    yield wire.error_response(str(error), unavailable=True)
+                    continue
+                except ComputeFailed as error:  # the cache may be half-written: end this session
+                    yield wire.error_response(str(error), unavailable=True)
+                    return
+                await self._delay()
+                yield wire.response([output], position=position)
+
+    async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
         """Tensors: hidden states, then optional deep prompts. Metadata: start, end, adapter, keep (see backward)."""
         try:
             tensors, meta = wire.unpack(request)
@@ -168,17 +249,10 @@ class BlockServicer(ServicerBase):
             adapter, keep = self._options(meta, context)
         except BadRequest as error:
             return wire.error_response(str(error))
-        if not self.accepting:
-            return self._leaving()
-        with self._in_flight():
-            try:
-                output = await self._compute(TRAINING, self.backend.forward, hidden, start, end, prompts, adapter, keep)
-            except ComputeFailed as error:
-                return wire.error_response(str(error), unavailable=True)
-            await self._delay()
-            return wire.response([output])
+        args = (hidden, start, end, prompts, adapter, keep)
+        return await self._unary_compute(context, self.backend.forward, args)
 
-    async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+    async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
         """Tensors: hidden states, gradient of the output, then optional deep prompts.
 
         A ``keep`` id that names an earlier forward of this client lets the server reuse that forward's graph.
@@ -189,24 +263,25 @@ class BlockServicer(ServicerBase):
                 tensors, meta, "backward", ("hidden states", "output gradients")
             )
             adapter, keep = self._options(meta, context)
-            grad_output = self.backend.check_hidden(tensors[1], "output gradients")
-            if grad_output.shape != hidden.shape:
-                raise BadRequest(
-                    f"output gradients have shape {tuple(grad_output.shape)}, inputs {tuple(hidden.shape)}"
-                )
+            grad_output = self.backend.check_gradients(tensors[1], hidden)
         except BadRequest as error:
             return wire.error_response(str(error))
+        args = (hidden, grad_output, start, end, prompts, adapter, keep)
+        return await self._unary_compute(context, self.backend.backward, args)
+
+    async def _unary_compute(self, context: P2PContext, fn: Callable, args: tuple) -> Response:
+        """A checked forward or backward, run as a training job; its answer or its one-line refusal."""
         if not self.accepting:
             return self._leaving()
         with self._in_flight():
             try:
-                grads = await self._compute(
-                    TRAINING, self.backend.backward, hidden, grad_output, start, end, prompts, adapter, keep
-                )
+                result = await self._compute(TRAINING, context.remote_id.to_base58(), fn, *args)
+            except TooBusy as error:
+                return wire.error_response(str(error), unavailable=True)
             except ComputeFailed as error:
                 return wire.error_response(str(error), unavailable=True)
             await self._delay()
-            return wire.response(grads)
+            return wire.response(result if isinstance(result, list) else [result])
 
     def _options(self, meta: dict, context: P2PContext) -> tuple[str | None, tuple[str, str] | None]:
         """The request's adapter and its kept-forward key (scoped to the calling peer: ids are the client's)."""
@@ -223,3 +298,11 @@ class BlockServicer(ServicerBase):
         hidden = self.backend.check_batch(tensors[0])
         prompts = tensors[-1] if len(tensors) == count + 1 else None
         return hidden, self.backend.check_prompts(prompts, hidden, start, end), start, end
+
+
+async def _discard(reader: asyncio.StreamReader, seconds: float) -> None:
+    """Read and drop what the peer still sends, in bounded chunks, until it closes or ``seconds`` pass."""
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        async with asyncio.timeout(seconds):
+            while await reader.read(2**16):
+                pass

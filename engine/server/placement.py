@@ -22,7 +22,7 @@ import numpy as np
 from hivemind.dht.node import DHTNode
 
 from engine import records
-from engine.balance import Move, SpanInfo, choose_best_span, join_delay, should_move
+from engine.balance import Move, ServerPlacement, choose_best_span, join_delay, should_move
 from engine.records import ServerRecord, ServerState
 
 if TYPE_CHECKING:
@@ -34,8 +34,8 @@ Blocks = Mapping[int, Sequence[ServerRecord]]
 _COUNTED = (ServerState.ONLINE, ServerState.JOINING)  # draining servers are leaving: others should fill in
 
 
-def spans_from_records(blocks: Blocks, num_blocks: int, exclude: str | None = None) -> list[SpanInfo]:
-    """One ``SpanInfo`` per online or joining server (but ``exclude``), from the per-block records.
+def spans_from_records(blocks: Blocks, num_blocks: int, exclude: str | None = None) -> list[ServerPlacement]:
+    """One ``ServerPlacement`` per online or joining server (but ``exclude``), from the per-block records.
 
     A server that is moving shows its old span (online) on some blocks and its new one (joining) on others; it is
     counted where it is going, since its old span goes away once the new one is loaded. Records that do not fit
@@ -52,7 +52,7 @@ def spans_from_records(blocks: Blocks, num_blocks: int, exclude: str | None = No
             current = chosen.get(record.peer_id)
             if current is None or (record.state == ServerState.JOINING and current.state != ServerState.JOINING):
                 chosen[record.peer_id] = record
-    return [SpanInfo(record.peer_id, record.start, record.end, record.throughput) for record in chosen.values()]
+    return [ServerPlacement(record.peer_id, record.start, record.end, record.throughput) for record in chosen.values()]
 
 
 def moving_peers(blocks: Blocks) -> set[str]:
@@ -77,7 +77,7 @@ def choose_join_start(blocks: Blocks, num_blocks: int, span_length: int, through
     return choose_best_span(spans_from_records(blocks, num_blocks, exclude=me), num_blocks, span_length, throughput)
 
 
-def decide_move(blocks: Blocks, me: SpanInfo, num_blocks: int, balance_quality: float) -> Move | None:
+def decide_move(blocks: Blocks, me: ServerPlacement, num_blocks: int, balance_quality: float) -> Move | None:
     """Whether the server ``me`` (its span as it knows it, not as the DHT last heard) should move, and where."""
     spans = [*spans_from_records(blocks, num_blocks, exclude=me.peer_id), me]
     move = should_move(spans, num_blocks, me.peer_id, balance_quality)
@@ -121,7 +121,7 @@ async def rebalance_forever(
     node: DHTNode,
     prefix: str,
     num_blocks: int,
-    me: Callable[[], SpanInfo | None],
+    me: Callable[[], ServerPlacement | None],
     move: Callable[[int], Awaitable[None]],
     period_s: float,
     balance_quality: float,

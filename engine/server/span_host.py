@@ -19,7 +19,7 @@ import torch
 from hivemind.dht.node import DHTNode
 
 from engine import records
-from engine.balance import SpanInfo
+from engine.balance import ServerPlacement
 from engine.models.span import BlockSpan, SpanCache, load_span
 from engine.records import ServerRecord, ServerState
 from engine.server.backend import Session, SpanBackend
@@ -76,8 +76,9 @@ class BackendSwitch:
 class SpanHost:
     """Loads this server's span, announces it, and moves it; ``start``/``end`` are the span being served.
 
-    ``make_backend(span, budget)`` builds the request backend of a loaded span (adapters and the like are the
-    server's business); ``make_record(span, state)`` the DHT record of a span; ``state()`` the server's state.
+    ``make_budget(bytes_per_token)`` builds the attention-cache budget once; ``make_backend(span, budget)`` the
+    request backend of a loaded span (adapters and the like are the server's business); ``make_record(span,
+    state)`` the DHT record of a span; ``state()`` the server's state.
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class SpanHost:
         dtype: torch.dtype,
         device: str,
         span: tuple[int, int],
-        cache_tokens: int,
+        make_budget: Callable[[int], CacheBudget],
         make_backend: Callable[[BlockSpan, CacheBudget], SpanBackend],
         make_record: Callable[[tuple[int, int], ServerState], ServerRecord],
         state: Callable[[], ServerState],
@@ -98,7 +99,7 @@ class SpanHost:
         self.source, self.dtype, self.device = source, dtype, device
         self.quantization = quantization
         self.start, self.end = span
-        self.cache_tokens = cache_tokens
+        self.make_budget = make_budget  # bytes per cached token of the span -> its attention-cache budget
         self.make_backend, self.make_record, self.state = make_backend, make_record, state
         self.node, self.prefix, self.record_ttl = node, prefix, record_ttl
         self.switch: BackendSwitch | None = None
@@ -111,7 +112,7 @@ class SpanHost:
         span = load_span(self.source, start, end, self.dtype, self.device, self.quantization)
         if self._budget is None:  # sized once: a move keeps the span's length, so the budget fits both spans
             per_token = SpanCache.bytes_per_token(end - start, span.family.kv_shape(span.config), self.dtype)
-            self._budget = CacheBudget(self.cache_tokens * per_token)
+            self._budget = self.make_budget(per_token)
         return self.make_backend(span, self._budget)
 
     async def load(self) -> BackendSwitch:
@@ -119,12 +120,12 @@ class SpanHost:
         self.switch = BackendSwitch(await asyncio.to_thread(self._load, self.start, self.end))
         return self.switch
 
-    def span_info(self) -> SpanInfo | None:
+    def current_placement(self) -> ServerPlacement | None:
         """This server as the balancing functions see it, or None while it cannot move (loading, moving, leaving)."""
         if self.switch is None or self.target is not None or self.state() != ServerState.ONLINE:
             return None
         record = self.make_record((self.start, self.end), ServerState.ONLINE)
-        return SpanInfo(record.peer_id, record.start, record.end, record.throughput)
+        return ServerPlacement(record.peer_id, record.start, record.end, record.throughput)
 
     def announcements(self, state: ServerState | None = None) -> list[tuple[ServerRecord, list[int]]]:
         """(record, blocks) pairs to store: the served span, and during a move the new span's other blocks."""

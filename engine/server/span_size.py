@@ -1,7 +1,14 @@
 """How many blocks a server serves when it is not told: as many as fit its memory, with room for attention caches.
 
-The memory a block costs is its weights plus its share of the attention-cache budget (``cache_tokens`` tokens of
-keys and values on each block of the span). A fixed working reserve is kept for activations of the largest request.
+The memory model has one term per item a server holds (``BlockCost``):
+
+- per block: its weights; a second copy of them when the server may move (a rebalancing move loads the new span
+  next to the old one and holds both until the swap); its slice of the attention-cache budget (``cache_tokens``
+  tokens of keys and values on each block); and the input a recomputing backward keeps of every block (the
+  largest request's hidden states: the backward recomputes and differentiates one block at a time);
+- once: the largest request's activations through one block, autograd graph included, and the training
+  activation store (``--training-cache-mb``: forward graphs kept for their backward).
+
 On CPU the budget is a RAM limit (``--memory-budget`` GiB, or a fraction of the RAM available now); on a GPU it is
 the free GPU memory (capped by ``--memory-budget`` when given).
 """
@@ -29,15 +36,22 @@ GPU_HEADROOM_BYTES = 512 * 2**20
 
 @dataclass(frozen=True)
 class BlockCost:
-    """Bytes one block of the span takes: weights, its slice of the cache budget, and the shared working reserve."""
+    """Bytes a span takes: the per-block terms, paid for every block, and the terms paid once (see the docstring)."""
 
     weight_bytes: int
     cache_bytes: int
-    reserve_bytes: int
+    reserve_bytes: int  # once: one request's activations through one block (with its graph, in a backward)
+    move_bytes: int = 0  # per block: the second copy of the weights during a move (0 for a server that never moves)
+    backward_bytes: int = 0  # per block: the block input a recomputing backward keeps
+    training_bytes: int = 0  # once: the activation store of forwards kept for their backward
 
     @property
     def per_block(self) -> int:
-        return self.weight_bytes + self.cache_bytes
+        return self.weight_bytes + self.move_bytes + self.cache_bytes + self.backward_bytes
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.reserve_bytes + self.training_bytes
 
 
 def block_weight_bytes(config: PretrainedConfig, dtype: torch.dtype, quantization: str = "none") -> int:
@@ -61,30 +75,41 @@ def block_weight_bytes(config: PretrainedConfig, dtype: torch.dtype, quantizatio
 
 
 def block_cost(
-    config: PretrainedConfig, dtype: torch.dtype, cache_tokens: int, max_request_tokens: int, quantization: str = "none"
+    config: PretrainedConfig,
+    dtype: torch.dtype,
+    cache_tokens: int,
+    max_request_tokens: int,
+    training_cache_bytes: int = 0,
+    movable: bool = False,
+    quantization: str = "none",
 ) -> BlockCost:
-    """The memory model of one block: weights, ``cache_tokens`` tokens of keys and values, and a working reserve.
+    """The memory model of a span (see the module docstring); ``movable``: the server may rebalance.
 
-    The reserve holds the activations of one request of ``max_request_tokens`` tokens through a block (input and
-    output hidden states plus the MLP's three intermediate tensors); it is paid once, not per block.
+    The reserve holds the activations of one request of ``max_request_tokens`` tokens through one block with its
+    autograd graph: per token about 8 hidden-sized tensors (norm outputs, projections' inputs, attention's queries,
+    keys, values and output, residuals) and 4 intermediate-sized ones (the MLP's gate, up, activation and product),
+    which also covers a forward's working set (input, output and the MLP's three intermediates).
     """
     family = get_family(config)
     size = torch.empty((), dtype=dtype).element_size()
+    weights = block_weight_bytes(config, dtype, quantization)
     cache = SpanCache.bytes_per_token(1, family.kv_shape(config), dtype) * cache_tokens
-    reserve = max_request_tokens * (2 * config.hidden_size + 3 * config.intermediate_size) * size
-    return BlockCost(block_weight_bytes(config, dtype, quantization), cache, reserve)
+    reserve = max_request_tokens * (8 * config.hidden_size + 4 * config.intermediate_size) * size
+    backward = max_request_tokens * config.hidden_size * size
+    return BlockCost(weights, cache, reserve, weights if movable else 0, backward, training_cache_bytes)
 
 
 def blocks_that_fit(budget_bytes: int, cost: BlockCost, total_blocks: int) -> int:
     """How many blocks (at most ``total_blocks``) fit ``budget_bytes``; a one-line ValueError if not even one does."""
     if total_blocks < 1:
         raise ValueError(f"the model must have at least one block, got {total_blocks}")
-    fit = (budget_bytes - cost.reserve_bytes) // cost.per_block if budget_bytes > cost.reserve_bytes else 0
+    fit = (budget_bytes - cost.fixed_bytes) // cost.per_block if budget_bytes > cost.fixed_bytes else 0
     if fit < 1:
-        need = (cost.reserve_bytes + cost.per_block) / GIB
+        need = (cost.fixed_bytes + cost.per_block) / GIB
         raise ValueError(
             f"memory budget of {budget_bytes / GIB:.2f} GiB holds no block: one block with its attention cache and "
-            f"working memory needs {need:.2f} GiB; raise --memory-budget or lower --cache-tokens"
+            f"working memory needs {need:.2f} GiB; raise --memory-budget or lower --cache-tokens, "
+            "--max-request-tokens or --training-cache-mb"
         )
     return int(min(fit, total_blocks))
 
@@ -108,8 +133,10 @@ def choose_num_blocks(
     budget_gib: float | None,
     cache_tokens: int,
     max_request_tokens: int,
+    training_cache_bytes: int = 0,
+    movable: bool = False,
     quantization: str = "none",
 ) -> int:
     """The span length a server without ``--num-blocks`` serves: as many blocks as its memory budget holds."""
-    cost = block_cost(config, dtype, cache_tokens, max_request_tokens, quantization)
+    cost = block_cost(config, dtype, cache_tokens, max_request_tokens, training_cache_bytes, movable, quantization)
     return blocks_that_fit(memory_budget_bytes(device, budget_gib), cost, config.num_hidden_layers)
