@@ -117,11 +117,9 @@ MODEL_TEST_FILES = {
     "test_span.py",
     "test_swarm_generation.py",
     "test_partial_loading.py",
-    "test_weights.py",
     "test_gguf_cache.py",
     "test_finetune.py",
     "test_finetune_swarm.py",
-    "test_generation.py",
     "test_quantization.py",
 }
 
