@@ -46,6 +46,7 @@ class Lender:
         self._counted: dict[int, tuple[int, int, int]] = {}  # server index -> (pid, tokens, sessions) counted
         self._server_log = _child_logger("nectar.server", self.paths.server_log, state.settings)
         self._stop = threading.Event()
+        self._applying = threading.Lock()
         self._ticker = threading.Thread(target=self._tick_forever, name="nectar-lender", daemon=True)
 
     # lifecycle
@@ -93,7 +94,11 @@ class Lender:
 
     # modes
     def apply(self, decision: Decision) -> None:
-        """Carry out a mode: a throttle file for full and reduced, a drain for paused."""
+        """Carry out a mode: a throttle file for full and reduced, a drain for paused (one decision at a time)."""
+        with self._applying:
+            self._apply(decision)
+
+    def _apply(self, decision: Decision) -> None:
         compute = self.state.settings.compute
         if decision.mode == "paused":
             for server in self.servers:
@@ -181,6 +186,8 @@ class Lender:
         return args
 
     def _on_server_event(self, index: int, event: ChildEvent) -> None:
+        if event.state in ("stopped", "crashed"):
+            self._tick()  # count its last status before a new server overwrites it
         if index != 0 and event.state != "failed":
             return  # the status shows the first server; a failure of any is worth showing
         fields: dict = {"state": event.state, "pid": event.pid, "restarts": event.restarts, "detail": event.detail}

@@ -7,6 +7,7 @@ share a file. Every other module asks ``AgentPaths`` for a file instead of build
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def write_private(path: Path, data: bytes | str) -> None:
     """Write a file only its owner can read (0600 from the start, never briefly world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers never share it
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, payload)

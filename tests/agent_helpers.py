@@ -47,3 +47,19 @@ def temp_paths(root: Path) -> AgentPaths:
 def start_agent(root: Path, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Agent:
     """An agent with its API on a free port of 127.0.0.1 and nothing else running."""
     return Agent(temp_paths(root), {"api.port": 0, **(overrides or {})}, log_to_stderr=False, **kwargs).start()
+
+
+class ManualIdle:
+    """An idle-time source the test sets: stands for the keyboard and mouse (real X11 input is tested in
+    test_agent_activity.py with Xvfb and xdotool)."""
+
+    name = "manual"
+
+    def __init__(self, seconds: float | None = 600.0):
+        self.seconds = seconds
+
+    def seconds_since_input(self) -> float | None:
+        return self.seconds
+
+    def close(self) -> None:
+        pass

@@ -176,13 +176,14 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
 
     def make_record(span: tuple[int, int], new_state: ServerState) -> ServerRecord:
         backend = host.switch if host is not None else None
+        scale = control.throttle.throughput_scale if control is not None else 1.0  # a throttled server looks slower
         return ServerRecord(
             peer_id=me,
             start=span[0],
             end=span[1],
             state=new_state,
-            throughput=throughput * (control.throttle.throughput_scale if control is not None else 1.0),
-            inference_rps=measured.inference_rps,
+            throughput=throughput * scale,
+            inference_rps=measured.inference_rps * scale,
             free_cache_tokens=backend.free_cache_tokens if backend is not None else 0,
             max_request_tokens=settings.max_request_tokens,
             dtype=str(dtype).removeprefix("torch."),
@@ -283,6 +284,8 @@ async def run_server(settings: ServerSettings, on_ready: Callable[[dict], None] 
         if controller is not None:
             controller.cancel()
         await _leave(servicer, settings, lambda new_state: state.update(value=new_state), announce_now)
+        if controller is not None:
+            control.write_status(status())  # the last steps count too
         await servicer.remove_p2p_handlers(p2p)
         executor.shutdown()
         await node.shutdown()
