@@ -227,6 +227,9 @@ def format_status(status: Any) -> str:
     lines.append(f"swarm: {swarm.name}, model {swarm.model}{servers}{coverage}")
     hours = status.uptime_s / 3600
     lines.append(f"served: {status.tokens_served} tokens in {status.sessions_served} sessions; up {hours:.1f} h")
+    if status.hours:
+        spent = ", ".join(f"{name} {value:.1f} h" for name, value in sorted(status.hours.items()))
+        lines.append(f"all time: {spent}")
     for error in status.last_errors[-3:]:
         lines.append(f"error at {time.strftime('%H:%M:%S', time.localtime(error.time))}: {error.message}")
     lines += [f"warning: {warning}" for warning in status.warnings]

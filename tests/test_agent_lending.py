@@ -61,7 +61,7 @@ def test_pause_drains_without_changing_the_generation_and_resume_rejoins(local_s
         "activity.other_cpu_percent_max": 100,
         "activity.resume_after_seconds": 0,
     }
-    agent = start_agent(tmp_path / "home", overrides, idle_source_factory=lambda _: idle, child_env=TEST_ENV)
+    agent = start_agent(tmp_path / "home", overrides, lend=True, idle_source_factory=lambda _: idle, child_env=TEST_ENV)
     state = agent.state
     client = AgentClient.connect(agent.paths)
     model = None
