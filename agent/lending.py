@@ -189,7 +189,7 @@ class Lender:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             port = int(json.loads(remembered.read_text())["port"])
         args = ["dht", "--host", "127.0.0.1", "--port", str(port), "--identity-path", str(self.paths.identity_file)]
-        dht_log = _child_logger("nectar.dht", self.paths.log_dir / "dht.log", settings, self.redact)
+        dht_log = _child_logger("nectar.dht", self.paths.dht_log, settings, self.redact)
         self.dht = Supervisor("dht", args, dht_log)
         self.dht.want_running(True)
         self.dht.start()

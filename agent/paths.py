@@ -69,11 +69,6 @@ class AgentPaths:
         return self.data_dir / "identity.key"
 
     @property
-    def server_identity_file(self) -> Path:
-        """The private key of the agent's engine server (0600)."""
-        return self.data_dir / "server-identity.key"
-
-    @property
     def secrets_file(self) -> Path:
         """Fallback secret store (0600) where no keyring backend exists."""
         return self.data_dir / "secrets.json"
@@ -97,9 +92,12 @@ class AgentPaths:
         return self.log_dir / "server.log"
 
     @property
-    def throttle_file(self) -> Path:
-        """The throttle the agent asks of its engine server (read by the server, see engine/server/throttle.py)."""
-        return self.data_dir / "server-throttle.json"
+    def dht_log(self) -> Path:
+        return self.log_dir / "dht.log"
+
+    def log_file(self, source: str) -> Path:
+        """The log of ``agent``, ``server`` or ``dht``: all in one directory."""
+        return {"agent": self.agent_log, "server": self.server_log, "dht": self.dht_log}[source]
 
 
 def write_private(path: Path, data: bytes | str) -> None:

@@ -231,5 +231,5 @@ class AgentState:
         return self.benchmark.measure()
 
     def logs(self, request: LogsQuery) -> LogsAnswer:
-        path = self.paths.agent_log if request.source == "agent" else self.paths.server_log
+        path = self.paths.log_file(request.source)
         return LogsAnswer(source=request.source, file=str(path), lines=tail_lines(path, request.lines))

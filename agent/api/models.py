@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["full", "reduced", "paused"]
 ServerState = Literal["stopped", "starting", "running", "draining", "crashed", "failed"]
-LogSource = Literal["agent", "server"]
+LogSource = Literal["agent", "server", "dht"]
 
 
 class Answer(BaseModel):
