@@ -18,7 +18,7 @@ from agent.paths import AgentPaths
 from agent.settings import Settings, iter_settings, setting_info, split_key
 from agent.settings_file import SettingsFile, parse_value
 
-AGENT_COMMANDS = ("run", "status", "pause", "resume", "snooze", "stop", "config", "secret", "bench")
+AGENT_COMMANDS = ("run", "status", "pause", "resume", "snooze", "stop", "config", "secret", "bench", "logs")
 GUI_ENTRY_GROUP = "nectar.gui"  # the GUI package registers `run = module:function` here; the agent never imports it
 
 
@@ -48,6 +48,11 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:
     set_.add_argument("value", help="lists: comma-separated or a JSON list")
     config_commands.add_parser("path", help="print the settings file's path")
     config.set_defaults(run=cmd_config)
+
+    logs = commands.add_parser("logs", help="the last lines of the agent's, its server's or its DHT node's log")
+    logs.add_argument("source", nargs="?", default="agent", choices=("agent", "server", "dht"))
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.set_defaults(run=cmd_logs)
 
     bench = commands.add_parser("bench", help="accelerators, CPU, and how fast this machine serves the model")
     bench.add_argument("--json", action="store_true")
@@ -157,6 +162,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Through the running agent; without one, the files themselves (the same directory)."""
+    from agent.logs import tail_lines
+
+    paths = AgentPaths.default()
+    try:
+        with AgentClient.connect(paths) as client:
+            answer = client.logs(args.source, args.lines)
+        lines, file = answer.lines, answer.file
+    except AgentNotRunning:
+        file = str(paths.log_file(args.source))
+        lines = tail_lines(paths.log_file(args.source), max(1, args.lines))
+    print(f"# {file}", file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent import benchmark
 
@@ -227,6 +249,9 @@ def format_status(status: Any) -> str:
     lines.append(f"swarm: {swarm.name}, model {swarm.model}{servers}{coverage}")
     hours = status.uptime_s / 3600
     lines.append(f"served: {status.tokens_served} tokens in {status.sessions_served} sessions; up {hours:.1f} h")
+    if status.hours:
+        spent = ", ".join(f"{name} {value:.1f} h" for name, value in sorted(status.hours.items()))
+        lines.append(f"all time: {spent}")
     for error in status.last_errors[-3:]:
         lines.append(f"error at {time.strftime('%H:%M:%S', time.localtime(error.time))}: {error.message}")
     lines += [f"warning: {warning}" for warning in status.warnings]

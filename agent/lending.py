@@ -33,20 +33,30 @@ from agent.throttle import Decision
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+VIEW_SECONDS = 30.0
 DHT_START_TIMEOUT = 120.0
 
 
 class Lender:
-    def __init__(self, state: AgentState, stats: StatsDB, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        state: AgentState,
+        stats: StatsDB,
+        env: dict[str, str] | None = None,
+        redact: logging.Filter | None = None,
+    ):
         self.state, self.stats, self.paths = state, stats, state.paths
-        self.env = env or {}
+        self.env, self.redact = env or {}, redact
         self.dht: Supervisor | None = None
         self.servers: list[Supervisor] = []
         self.initial_peers: list[str] = []
         self._counted: dict[int, tuple[int, int, int]] = {}  # server index -> (pid, tokens, sessions) counted
-        self._server_log = _child_logger("nectar.server", self.paths.server_log, state.settings)
+        self._server_log = _child_logger("nectar.server", self.paths.server_log, state.settings, redact)
         self._stop = threading.Event()
+        self._applying = threading.Lock()
         self._ticker = threading.Thread(target=self._tick_forever, name="nectar-lender", daemon=True)
+        self._viewer = threading.Thread(target=self._view_forever, name="nectar-swarm-view", daemon=True)
+        self._device = "cpu"
 
     # lifecycle
     def start(self) -> None:
@@ -72,13 +82,18 @@ class Lender:
             )
             self.servers.append(supervisor)
             supervisor.start()
+        self._device = device
         self.state.mode_listeners.append(self.apply)
+        self.state.settings_listeners.append(self._settings_changed)
         self.apply(Decision(self.state.throttle.mode, self.state.throttle.reason, self.state.throttle))
         self._ticker.start()
+        self._viewer.start()
 
     def stop(self) -> None:
         if self.apply in self.state.mode_listeners:
             self.state.mode_listeners.remove(self.apply)
+        if self._settings_changed in self.state.settings_listeners:
+            self.state.settings_listeners.remove(self._settings_changed)
         self._stop.set()
         threads = [threading.Thread(target=server.stop) for server in self.servers]  # drain all at once
         for thread in threads:
@@ -93,7 +108,11 @@ class Lender:
 
     # modes
     def apply(self, decision: Decision) -> None:
-        """Carry out a mode: a throttle file for full and reduced, a drain for paused."""
+        """Carry out a mode: a throttle file for full and reduced, a drain for paused (one decision at a time)."""
+        with self._applying:
+            self._apply(decision)
+
+    def _apply(self, decision: Decision) -> None:
         compute = self.state.settings.compute
         if decision.mode == "paused":
             for server in self.servers:
@@ -109,6 +128,39 @@ class Lender:
         for index, server in enumerate(self.servers):
             write_private(self._control_dir(index) / "throttle.json", json.dumps(throttle))
             server.want_running(True)
+
+    def _settings_changed(self, old: Settings, new: Settings) -> None:
+        """Limits apply at once (a new throttle file); what a server reads at start restarts it (drained first)."""
+        self.apply(Decision(self.state.throttle.mode, self.state.throttle.reason, self.state.throttle))
+        if (old.swarm, old.compute.device) != (new.swarm, new.compute.device):
+            logger.warning("swarm settings changed: they apply when the agent restarts")
+            return
+        device = resolve_device(new.compute.device)
+        for index, server in enumerate(self.servers):
+            args = self._server_args(new, index, device)
+            if args != server.args:
+                logger.info("restarting %s with the new settings", server.name)
+                server.restart(args)
+
+    def _view_forever(self) -> None:
+        """Every ``VIEW_SECONDS``, read the swarm's records: servers seen and the share of blocks covered."""
+        from engine.records import default_dht_prefix
+        from engine.swarm_view import read_view
+        from engine.weights import resolve_model
+
+        num_blocks = None
+        while not self._stop.wait(VIEW_SECONDS):
+            swarm = self.state.settings.swarm
+            try:
+                if num_blocks is None:
+                    num_blocks = resolve_model(swarm.model).config.num_hidden_layers
+                view = read_view(self.initial_peers, swarm.dht_prefix or default_dht_prefix(swarm.model), num_blocks)
+            except Exception as error:  # an unreachable swarm is shown as unknown, never a crash
+                logger.info("could not read the swarm: %s", error)
+                self.state.update_swarm(servers=None, coverage=None)
+                continue
+            covered = 1 - len(view.uncovered) / view.num_blocks
+            self.state.update_swarm(servers=view.num_servers, coverage=covered)
 
     # observations for the policy and the status
     def own_pids(self) -> set[int]:
@@ -137,7 +189,8 @@ class Lender:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             port = int(json.loads(remembered.read_text())["port"])
         args = ["dht", "--host", "127.0.0.1", "--port", str(port), "--identity-path", str(self.paths.identity_file)]
-        self.dht = Supervisor("dht", args, _child_logger("nectar.dht", self.paths.log_dir / "dht.log", settings))
+        dht_log = _child_logger("nectar.dht", self.paths.dht_log, settings, self.redact)
+        self.dht = Supervisor("dht", args, dht_log)
         self.dht.want_running(True)
         self.dht.start()
         ready = self.dht.wait_ready(DHT_START_TIMEOUT)
@@ -181,6 +234,8 @@ class Lender:
         return args
 
     def _on_server_event(self, index: int, event: ChildEvent) -> None:
+        if event.state in ("stopped", "crashed"):
+            self._tick()  # count its last status before a new server overwrites it
         if index != 0 and event.state != "failed":
             return  # the status shows the first server; a failure of any is worth showing
         fields: dict = {"state": event.state, "pid": event.pid, "restarts": event.restarts, "detail": event.detail}
@@ -237,7 +292,7 @@ class Lender:
                 )
 
 
-def _child_logger(name: str, path: Path, settings: Settings) -> logging.Logger:
+def _child_logger(name: str, path: Path, settings: Settings, redact: logging.Filter | None) -> logging.Logger:
     """A logger writing only to its own rotating file (a child's output), not to the agent's log."""
     log = logging.getLogger(name)
     log.propagate = False
@@ -247,5 +302,7 @@ def _child_logger(name: str, path: Path, settings: Settings) -> logging.Logger:
         handler.close()
     handler = rotating_handler(path, settings.logs.max_mb, settings.logs.keep)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    if redact is not None:
+        handler.addFilter(redact)
     log.addHandler(handler)
     return log

@@ -7,6 +7,7 @@ share a file. Every other module asks ``AgentPaths`` for a file instead of build
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,11 +69,6 @@ class AgentPaths:
         return self.data_dir / "identity.key"
 
     @property
-    def server_identity_file(self) -> Path:
-        """The private key of the agent's engine server (0600)."""
-        return self.data_dir / "server-identity.key"
-
-    @property
     def secrets_file(self) -> Path:
         """Fallback secret store (0600) where no keyring backend exists."""
         return self.data_dir / "secrets.json"
@@ -96,16 +92,19 @@ class AgentPaths:
         return self.log_dir / "server.log"
 
     @property
-    def throttle_file(self) -> Path:
-        """The throttle the agent asks of its engine server (read by the server, see engine/server/throttle.py)."""
-        return self.data_dir / "server-throttle.json"
+    def dht_log(self) -> Path:
+        return self.log_dir / "dht.log"
+
+    def log_file(self, source: str) -> Path:
+        """The log of ``agent``, ``server`` or ``dht``: all in one directory."""
+        return {"agent": self.agent_log, "server": self.server_log, "dht": self.dht_log}[source]
 
 
 def write_private(path: Path, data: bytes | str) -> None:
     """Write a file only its owner can read (0600 from the start, never briefly world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers never share it
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, payload)

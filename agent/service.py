@@ -27,7 +27,8 @@ from agent.benchmark import BenchmarkCache
 from agent.lending import Lender
 from agent.logs import RedactingFilter, remove_agent_logging, setup_agent_logging
 from agent.paths import AgentPaths
-from agent.settings_file import LoadedSettings, SettingsFile, validate
+from agent.secrets import KNOWN_SECRETS, SecretStore
+from agent.settings_file import LoadedSettings, SettingsFile, with_overrides
 from agent.state import AgentState
 from agent.stats import StatsDB
 
@@ -46,13 +47,7 @@ class Part(Protocol):
 def load_settings(paths: AgentPaths, overrides: dict[str, Any] | None = None) -> LoadedSettings:
     """The file's settings, with ``{"group.name": value}`` overrides (command-line flags, not saved) on top."""
     loaded = SettingsFile(paths.config_file).load()
-    if overrides:
-        data = loaded.settings.model_dump()
-        for key, value in overrides.items():
-            group, _, name = key.partition(".")
-            data[group][name] = value
-        loaded = LoadedSettings(validate(data, "command line"), loaded.warnings)
-    return loaded
+    return LoadedSettings(with_overrides(loaded.settings, overrides or {}), loaded.warnings)
 
 
 class Agent:
@@ -97,7 +92,7 @@ class Agent:
             )
             for warning in loaded.warnings:
                 logger.warning("%s", warning)
-            self.state = AgentState(self.paths, loaded)
+            self.state = AgentState(self.paths, loaded, self.overrides)
             token = load_or_create_token(self.paths.token_file)
             app = create_app(self.state, token, self.extra_routers)
             api = loaded.settings.api
@@ -141,7 +136,18 @@ class Agent:
         threading.Thread(target=measure, name="nectar-benchmark", daemon=True).start()
 
     def _add_lending_parts(self) -> None:
-        self.lender = Lender(self.state, self.stats, self.child_env)
+        env = dict(self.child_env or {})
+        secrets = SecretStore(self.paths.secrets_file)
+        for name in KNOWN_SECRETS:
+            try:
+                value = secrets.get(name)
+            except Exception as error:  # a broken keyring must not stop the agent; it says which secret is missing
+                self.state.record_error(f"cannot read the {KNOWN_SECRETS[name]}: {type(error).__name__}")
+                continue
+            self.redact.add(value)
+            if name == "hf_token" and value:
+                env["HF_TOKEN"] = value  # for gated models; never logged (the filter replaces it with ***)
+        self.lender = Lender(self.state, self.stats, env, self.redact)
         factory = self.idle_source_factory or choose_idle_source
         self.monitor = ActivityMonitor(self.state, self.lender.own_pids, self.lender.server_memory_gb, factory)
         self.parts += [self.monitor, self.lender]  # the first mode is known before the server starts; it drains first

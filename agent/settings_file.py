@@ -42,6 +42,17 @@ def validate(data: dict[str, Any], origin: str) -> Settings:
         raise SettingsError(f"{origin}: " + "; ".join(problems)) from None
 
 
+def with_overrides(settings: Settings, overrides: dict[str, Any], origin: str = "command line") -> Settings:
+    """``settings`` with ``{"group.name": value}`` on top (flags of this run: validated, never saved)."""
+    if not overrides:
+        return settings
+    data = settings.model_dump()
+    for key, value in overrides.items():
+        group, name = split_key(key)
+        data[group][name] = value
+    return validate(data, origin)
+
+
 def split_unknown(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Drop the keys no setting declares, returning them as ``group.name`` so the caller can report them."""
     known: dict[str, Any] = {}

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.api.endpoints import ControlError
 from agent.api.models import (
@@ -36,7 +36,7 @@ from agent.api.models import (
 from agent.logs import tail_lines
 from agent.paths import AgentPaths
 from agent.settings import Settings, UnknownSettingError
-from agent.settings_file import LoadedSettings, SettingsFile
+from agent.settings_file import LoadedSettings, SettingsFile, with_overrides
 from agent.throttle import Decision, Observations, ThrottleState, decide
 
 logger = logging.getLogger(__name__)
@@ -52,13 +52,22 @@ class BenchmarkProvider(Protocol):
 
 class StatsProvider(Protocol):
     def totals(self) -> tuple[int, int]: ...  # tokens served, sessions served
+    def hours(self) -> dict[str, float]: ...
 
 
 class AgentState:
     """The agent's state and its control methods (one per row of ``ENDPOINTS``)."""
 
-    def __init__(self, paths: AgentPaths, loaded: LoadedSettings, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        paths: AgentPaths,
+        loaded: LoadedSettings,
+        overrides: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        """``overrides``: this run's command-line settings, kept on top of the file until changed through the API."""
         self.paths, self.clock = paths, clock
+        self.overrides = dict(overrides or {})
         self.settings_file = SettingsFile(paths.config_file)
         self.settings = loaded.settings
         self.warnings = list(loaded.warnings)
@@ -140,6 +149,7 @@ class AgentState:
         with self._lock:
             throttle = self.throttle
             tokens, sessions = self.stats.totals() if self.stats is not None else (0, 0)
+            hours = self.stats.hours() if self.stats is not None else {}
             return Status(
                 mode=throttle.mode,
                 reason=throttle.reason,
@@ -151,6 +161,7 @@ class AgentState:
                 tokens_served=tokens,
                 sessions_served=sessions,
                 uptime_s=self.clock() - self.started,
+                hours=hours,
                 pid=os.getpid(),
                 stopping=self.stop_requested.is_set(),
                 stop_reason=self.stop_reason,
@@ -191,10 +202,13 @@ class AgentState:
         if not request.changes:
             raise ControlError("no settings to change", param="changes")
         try:
-            new = self.settings_file.update(request.changes)
+            saved = self.settings_file.update(request.changes)
         except UnknownSettingError as error:
             raise ControlError(str(error), param=str(error.args[0])) from None
         with self._lock:
+            for key in request.changes:  # a change through the API wins over this run's flag
+                self.overrides.pop(key, None)
+            new = with_overrides(saved, self.overrides)
             old, self.settings = self.settings, new
         logger.info("settings changed: %s", ", ".join(sorted(request.changes)))
         for listener in list(self.settings_listeners):
@@ -217,5 +231,5 @@ class AgentState:
         return self.benchmark.measure()
 
     def logs(self, request: LogsQuery) -> LogsAnswer:
-        path = self.paths.agent_log if request.source == "agent" else self.paths.server_log
+        path = self.paths.log_file(request.source)
         return LogsAnswer(source=request.source, file=str(path), lines=tail_lines(path, request.lines))

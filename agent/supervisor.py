@@ -66,6 +66,7 @@ class Supervisor:
         self.output: collections.deque[str] = collections.deque(maxlen=50)
         self._crashes: collections.deque[float] = collections.deque()
         self._wanted = False
+        self._restart = False
         self._closed = False
         self._wake = threading.Condition()
         self._ready_event = threading.Event()
@@ -80,6 +81,14 @@ class Supervisor:
                 self._wanted = True
             elif not running:
                 self._wanted = False
+            self._wake.notify_all()
+
+    def restart(self, args: Sequence[str] | None = None) -> None:
+        """Drain the running child and start it again (with new ``args``): e.g. after a setting it reads changed."""
+        with self._wake:
+            if args is not None:
+                self.args = list(args)
+            self._restart = True
             self._wake.notify_all()
 
     def reset(self) -> None:
@@ -159,8 +168,9 @@ class Supervisor:
         asked = False
         while self.process.poll() is None:
             with self._wake:
-                self._wake.wait_for(lambda: self._closed or not self._wanted, timeout=0.5)
-                stop = self._closed or not self._wanted
+                self._wake.wait_for(lambda: self._closed or not self._wanted or self._restart, timeout=0.5)
+                stop = self._closed or not self._wanted or self._restart
+                self._restart = False
             if stop and self.process.poll() is None:
                 asked = True
                 self._drain(self.process)

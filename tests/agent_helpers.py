@@ -44,6 +44,23 @@ def temp_paths(root: Path) -> AgentPaths:
     return AgentPaths(root / "config", root / "data", root / "cache", root / "logs").create()
 
 
-def start_agent(root: Path, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Agent:
-    """An agent with its API on a free port of 127.0.0.1 and nothing else running."""
-    return Agent(temp_paths(root), {"api.port": 0, **(overrides or {})}, log_to_stderr=False, **kwargs).start()
+def start_agent(root: Path, overrides: dict[str, Any] | None = None, lend: bool = False, **kwargs: Any) -> Agent:
+    """An agent with its API on a free port of 127.0.0.1; with ``lend`` also its swarm, server and activity loop."""
+    overrides = {"api.port": 0, "compute.benchmark_max_age_days": 365, **(overrides or {})}
+    return Agent(temp_paths(root), overrides, log_to_stderr=False, lend=lend, **kwargs).start()
+
+
+class ManualIdle:
+    """An idle-time source the test sets: stands for the keyboard and mouse (real X11 input is tested in
+    test_agent_activity.py with Xvfb and xdotool)."""
+
+    name = "manual"
+
+    def __init__(self, seconds: float | None = 600.0):
+        self.seconds = seconds
+
+    def seconds_since_input(self) -> float | None:
+        return self.seconds
+
+    def close(self) -> None:
+        pass

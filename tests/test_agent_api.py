@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from agent_helpers import start_agent
 from fastapi import APIRouter
 
 from agent.api.endpoints import API_PREFIX, ENDPOINTS
+from agent.api.models import BenchmarkAnswer, CpuInfo
+from agent.benchmark import save
 from agent.client import AgentApiError, AgentClient, AgentClientError, AgentNotRunning
 from agent.service import Agent, AlreadyRunning
 
@@ -100,9 +103,11 @@ def test_logs_benchmark_and_stop(agent: Agent, client: AgentClient) -> None:
     logs = client.logs("agent", 50)
     assert logs.file == str(agent.paths.agent_log) and any("agent started" in line for line in logs.lines)
     assert client.logs("server", 5).lines == []
-    assert client.get_benchmark().measured_at is None
-    with pytest.raises(AgentApiError, match="does not benchmark"):
-        client.run_benchmark()
+    assert client.get_benchmark().measured_at is None and "nectar bench" in client.get_benchmark().detail
+    cached = BenchmarkAnswer(measured_at=time.time() - 90, cpu=CpuInfo(model="test cpu", cores=2))
+    save(agent.paths, cached)
+    answer = client.run_benchmark(refresh=False)  # a cached result is answered with its age, not re-measured
+    assert answer.cpu.model == "test cpu" and answer.age_s == pytest.approx(90, abs=5)
     assert client.stop().ok and agent.state.stop_requested.is_set()
 
 

@@ -40,8 +40,10 @@ def start_headless(home: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.fixture
-def headless(home: Path) -> Iterator[subprocess.Popen]:
-    process = start_headless(home)
+def headless(home: Path, tiny_checkpoints) -> Iterator[subprocess.Popen]:
+    """A whole agent (its local swarm included) serving a tiny model; other programs' CPU use is ignored."""
+    model = str(tiny_checkpoints("llama"))
+    process = start_headless(home, "--swarm-model", model, "--activity-other-cpu-percent-max", "100")
     yield process
     if process.poll() is None:
         process.terminate()
@@ -60,7 +62,7 @@ def test_control_commands_need_no_flags(home: Path, headless: subprocess.Popen) 
     assert second.returncode == 2 and "already running" in second.stderr and "http://127.0.0.1:" in second.stderr
     stop = run_nectar("stop")
     assert stop.returncode == 0
-    assert headless.wait(30) == 0
+    assert headless.wait(90) == 0
     gone = run_nectar("status")
     assert gone.returncode == 2 and "no agent is running" in gone.stderr and "Traceback" not in gone.stderr
 
@@ -91,3 +93,16 @@ def test_run_without_no_gui_says_how_to_run_headless(home: Path) -> None:
 def test_bad_flag_value_is_one_line(home: Path) -> None:
     result = run_nectar("run", "--no-gui", "--compute-threads-active", "zero")
     assert result.returncode == 2 and "compute.threads_active" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_measures_and_caches_with_its_age(home: Path, tiny_checkpoints) -> None:
+    assert run_nectar("config", "set", "swarm.model", str(tiny_checkpoints("llama"))).returncode == 0
+    first = run_nectar("bench", "--json", "--refresh", timeout=300)
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["cpu"]["cores"] >= 1 and answer["cpu"]["ram_gb"] > 0
+    assert answer["compute"]["device"] == "cpu" and answer["compute"]["tokens_per_second"] > 0
+    assert answer["network"]["detail"] == "no swarm peers to measure"
+    again = run_nectar("bench")  # cached: shown with its age, not measured again
+    assert again.returncode == 0 and again.stdout.startswith("measured ") and "inference steps/s" in again.stdout

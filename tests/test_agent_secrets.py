@@ -74,3 +74,14 @@ def test_secrets_stay_out_of_reprs_logs_and_the_settings_file(
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "token is %s", (TOKEN,), None)
     redact.filter(record)
     assert TOKEN not in record.getMessage() and "***" in record.getMessage()
+
+
+def test_child_logs_are_redacted_too(tmp_path: Path) -> None:
+    from agent.lending import _child_logger
+    from agent.settings import Settings
+
+    redact = RedactingFilter([TOKEN])
+    log = _child_logger("nectar.test-child", tmp_path / "server.log", Settings(), redact)
+    log.info("a child printed %s", TOKEN)
+    text = (tmp_path / "server.log").read_text()
+    assert TOKEN not in text and "a child printed ***" in text

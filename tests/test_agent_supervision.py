@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,5 +84,14 @@ def test_agent_restarts_a_killed_server_and_reports_repeated_crashes(
         status = state.status()
         assert status.stop_reason is not None and "crashed 2 times" in status.stop_reason
         assert "stopped serving: server crashed 2 times" in format_status(status)
+        dht_address = agent.lender.initial_peers
     finally:
         agent.close()
+
+    # the local swarm's DHT node keeps its identity (a private key file) and its port across restarts
+    assert stat.S_IMODE(agent.paths.identity_file.stat().st_mode) & 0o077 == 0
+    again = start_agent(tmp_path, {"swarm.model": str(tiny_checkpoints("llama"))}, lend=True, child_env=TEST_ENV)
+    try:
+        assert again.lender.initial_peers == dht_address
+    finally:
+        again.close()

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["full", "reduced", "paused"]
 ServerState = Literal["stopped", "starting", "running", "draining", "crashed", "failed"]
-LogSource = Literal["agent", "server"]
+LogSource = Literal["agent", "server", "dht"]
 
 
 class Answer(BaseModel):
@@ -62,6 +62,7 @@ class Status(Answer):
     tokens_served: int = 0  # to others, all time
     sessions_served: int = 0
     uptime_s: float = 0.0  # this agent process
+    hours: dict[str, float] = Field(default_factory=dict)  # all time: "agent" (online), "server", and each mode
     pid: int | None = None
     stopping: bool = False
     stop_reason: str | None = None  # why the agent stopped serving for good (e.g. repeated crashes)

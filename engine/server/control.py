@@ -8,8 +8,8 @@ writing ``throttle.json`` in the server's ``--control-dir``:
 - ``threads``: torch compute threads (0: as started);
 - ``duty_cycle``: the share of wall time the compute thread may work, in (0, 1]: after a step of t seconds it
   rests t * (1 - d) / d seconds;
-- ``throughput_scale``: the announced throughput is multiplied by it (re-announced at once), so clients route
-  new sessions to other servers.
+- ``throughput_scale``: the announced throughput and inference steps/s are multiplied by it (re-announced at
+  once), so clients route new sessions and training to other servers.
 
 The server writes ``status.json`` there every second (state, span, open sessions, tokens and sessions computed),
 so its runner can show and count its work. Files, not signals or RPCs: they work the same on every OS, need no
@@ -143,8 +143,8 @@ class ServerControl:
 
 
 def _tokens(args: tuple) -> int:
-    """Tokens in a job: batch x length of its first hidden-states tensor (inference steps, forwards, backwards)."""
+    """Tokens in a job: of its first hidden-states tensor, [batch, length, hidden] or [tokens, hidden]."""
     for arg in args:
         if isinstance(arg, torch.Tensor) and arg.dim() >= 2:
-            return int(arg.shape[0] * arg.shape[1])
+            return int(arg.shape[0] * arg.shape[1]) if arg.dim() >= 3 else int(arg.shape[0])
     return 0
