@@ -43,7 +43,7 @@ class GenerationRequest:
 
 @dataclass
 class Outcome:
-    """What a finished job reports: the engine's result, the prompt's length and the model name."""
+    """What a finished job reports: the answer, its token counts, and how the swarm made it."""
 
     text: str
     tokens: int
@@ -53,11 +53,15 @@ class Outcome:
     time_to_first_token: float
     tokens_per_second: float
     cancelled: bool = False
+    token_ids: list[int] | None = None  # the answer's ids, given back when the prompt came as ids
 
     def extras(self) -> dict[str, Any]:
         """Nectar's additions to an OpenAI answer (the ``nectar`` field)."""
-        return {
+        extras: dict[str, Any] = {
             "route": self.route,
             "time_to_first_token": round(self.time_to_first_token, 4),
             "tokens_per_second": round(self.tokens_per_second, 2),
         }
+        if self.token_ids is not None:
+            extras["token_ids"] = self.token_ids
+        return extras

@@ -220,6 +220,7 @@ class Job:
             time_to_first_token=result.time_to_first_token,
             tokens_per_second=result.tokens_per_second,
             cancelled=result.stop_reason == "cancelled",
+            token_ids=list(result.tokens) if isinstance(self.request.prompt, list) else None,
         )
 
 
