@@ -4,6 +4,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -241,3 +245,51 @@ def test_refusals_in_openai_shape_and_the_agent_keeps_serving(served: Served, tm
     with pytest.raises(openai.NotFoundError, match="gpt-9"):
         served.openai().chat.completions.create(model="gpt-9", messages=QUESTION)
     assert httpx.post(url, json=good, headers=headers, timeout=60).status_code == 200  # still serving
+
+
+def test_terminal_chat_streams_and_ctrl_c_stops_only_the_answer(served: Served) -> None:
+    home = served.agent.paths.data_dir.parent  # the agent's paths are NECTAR_HOME's layout
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent", "chat", "--temperature", "0", "--max-tokens", "300"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **TEST_ENV, "NECTAR_HOME": str(home)},
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(lambda: child.stdout.read(1), "")), daemon=True)
+    reader.start()
+
+    def wait_for(text: str, after: int = 0, timeout: float = 90) -> int:
+        deadline = time.monotonic() + timeout
+        while text not in "".join(output)[after:]:
+            assert child.poll() is None and time.monotonic() < deadline, "".join(output)
+            time.sleep(0.05)
+        return len("".join(output))
+
+    try:
+        expected = served.expected(QUESTION, 300)
+        child.stdin.write(QUESTION[0]["content"] + "\n")
+        child.stdin.flush()
+        mark = wait_for(expected + "\n")
+        mark = wait_for("you> ", mark)
+        child.stdin.write("Count from 1 to 1000, separated by commas.\n")
+        child.stdin.flush()
+        mark = wait_for("nectar> ", mark)
+        wait_for("123", mark)  # the count is streaming (the model writes it without separators)
+        child.send_signal(signal.SIGINT)
+        wait_for("[stopped]", mark)
+        child.stdin.write("/quit\n")
+        child.stdin.flush()
+        assert child.wait(30) == 0, "".join(output)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with ChatClient.connect(served.agent.paths) as client:
+        stored = client.get_conversation(client.list_conversations().conversations[0].id)
+    turns = stored.path()
+    assert [m.role for m in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[1].content == expected and turns[1].meta.tokens_per_second is not None
+    assert turns[3].meta.finish_reason == "cancelled" and turns[3].content.startswith("123")
+    assert stored.sampling.temperature == 0 and stored.sampling.max_tokens == 300
