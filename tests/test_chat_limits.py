@@ -15,6 +15,7 @@ from agent_helpers import start_agent
 from conftest import TEST_ENV
 from swarm_helpers import wait_covered
 
+from agent.client import AgentClient
 from agent.local_swarm import LocalSwarm
 from agent.service import Agent
 from engine.client.generation import GenerationSettings, generate
@@ -49,6 +50,10 @@ def test_busy_is_a_429_and_no_swarm_is_a_503(idle_agent: Agent) -> None:
     models = httpx.get(idle_agent.api.url + "/v1/models", headers=_headers(idle_agent), timeout=30).json()
     assert models["data"][0]["ready"] is None and "swarm.initial_peers" in models["data"][0]["detail"]
     assert idle_agent.chat.warm.active == 0
+    with AgentClient.connect(idle_agent.paths) as client:
+        chat = client.status().chat
+    assert chat.state == "failed" and chat.max_concurrent == 1 and chat.active == 0
+    assert "swarm.initial_peers" in chat.detail
 
 
 @pytest.mark.slow

@@ -91,9 +91,11 @@ class WarmModel:
             if self._loaded is not None and self._loaded.key == key:
                 return self._loaded
             if not key[1]:
-                raise ChatError(
-                    503, "the agent knows no peer of its swarm yet (setting swarm.initial_peers)", "service_unavailable"
+                self.state, self.detail = (
+                    "failed",
+                    "the agent knows no peer of its swarm yet (setting swarm.initial_peers)",
                 )
+                raise ChatError(503, self.detail, "service_unavailable")
             previous, self._loaded = self._loaded, None
             if previous is not None:
                 previous.model.close()
