@@ -151,6 +151,17 @@ class ChatClient(AgentClient):
         except httpx.TimeoutException:
             raise AgentClientError(f"the agent's API at {self.url} did not answer in time") from None
 
+    def reply(self, conversation_id: int, parent_id: int | None = None) -> Reply:
+        """Answer the conversation's current branch (or the branch ending at ``parent_id``: regenerate an answer
+        by passing its question) with the conversation's system prompt and sampling; iterate the ``Reply`` for
+        the text, ``stop()`` it to stop. The answer is stored as a reply of that message when it ends, also when
+        stopped (``finish_reason`` "cancelled"); ``reply.message`` is then the stored message."""
+        conversation = self.get_conversation(conversation_id)
+        leaf = conversation.current_id if parent_id is None else parent_id
+        if leaf is None:
+            raise AgentClientError(f"conversation {conversation_id} has no message to answer")
+        return Reply(self, conversation, leaf)
+
     def sampling_parameters(self, sampling: Sampling) -> dict[str, Any]:
         """A conversation's ``Sampling`` as OpenAI request parameters."""
         parameters: dict[str, Any] = {
@@ -192,6 +203,51 @@ class ChatClient(AgentClient):
         if response.status_code != 200:
             raise AgentApiError(_error_message(response), response.status_code)
         return response
+
+
+class Reply:
+    """One streamed answer in a stored conversation (see ``ChatClient.reply``)."""
+
+    def __init__(self, client: ChatClient, conversation: Conversation, parent_id: int):
+        self.client, self.conversation, self.parent_id = client, conversation, parent_id
+        self.parts: list[str] = []
+        self.meta: MessageMeta | None = None
+        self.message: Message | None = None  # the stored answer, once it ended
+        self._deltas = self._run()
+
+    def __iter__(self) -> Iterator[ChatDelta]:
+        return self._deltas
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def stop(self) -> None:
+        """Stop the answer (the agent ends the swarm session); what came so far is stored."""
+        self._deltas.close()
+
+    def _run(self) -> Iterator[ChatDelta]:
+        messages = self.conversation.chat_messages(self.parent_id)
+        stream = self.client.chat_stream(messages, **self.client.sampling_parameters(self.conversation.sampling))
+        try:
+            for delta in stream:
+                self.parts.append(delta.text)
+                self.meta = delta.meta or self.meta
+                yield delta
+        except GeneratorExit:
+            stream.close()
+            self._store(cancelled=True)
+            raise
+        self._store(cancelled=False)
+
+    def _store(self, cancelled: bool) -> None:
+        meta = self.meta or MessageMeta()
+        meta.sampling = self.conversation.sampling
+        if cancelled:
+            meta.finish_reason = "cancelled"
+        self.message = self.client.append_message(
+            self.conversation.id, "assistant", self.text, parent_id=self.parent_id, meta=meta
+        )
 
 
 def _deltas(reply: httpx.Response) -> Iterator[ChatDelta]:

@@ -6,7 +6,8 @@ greedy answer both ways, alternating, so both see the same machine load:
 
 - direct: ``engine.client.generation.generate`` with streaming (time to first token; tokens/s after it);
 - API: the official ``openai`` package streaming ``/v1/chat/completions``, timed at the client: time to the
-  first text chunk and tokens/s between the first and the last chunk (usage gives the token count).
+  first text chunk and tokens/s between the first and the last chunk (usage gives the token count); "in the
+  agent" is the tokens/s the agent itself measured (its ``nectar`` field), without the HTTP and the client.
 
 Prints medians and the API's overhead on tokens/s and time to first token (target: under 5% on tokens/s).
 
@@ -60,15 +61,18 @@ def start_agent_process(home: Path, peers: list[str]) -> tuple[subprocess.Popen,
     return child, address, paths.token_file.read_text().strip()
 
 
-def direct(model: DistributedCausalLM, tokenizer, ids: list[int], new_tokens: int) -> tuple[float, float, int]:
+Sample = tuple[float, float, int, float]  # time to first token, tokens/s, tokens, tokens/s the agent measured
+
+
+def direct(model: DistributedCausalLM, tokenizer, ids: list[int], new_tokens: int) -> Sample:
     result = generate(model, ids, GenerationSettings(max_new_tokens=new_tokens), tokenizer, on_text=lambda _: None)
-    return result.time_to_first_token, result.tokens_per_second, len(result.tokens)
+    return result.time_to_first_token, result.tokens_per_second, len(result.tokens), result.tokens_per_second
 
 
-def through_api(client, new_tokens: int) -> tuple[float, float, int]:
+def through_api(client, new_tokens: int) -> Sample:
     began = time.perf_counter()
     first = last = 0.0
-    tokens = 0
+    tokens, inside = 0, 0.0
     stream = client.chat.completions.create(
         model=DEFAULT_MODEL,
         messages=MESSAGES,
@@ -83,8 +87,9 @@ def through_api(client, new_tokens: int) -> tuple[float, float, int]:
             first = first or last
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
+            inside = chunk.model_extra["nectar"]["tokens_per_second"]
     # text chunks are tokens whose text could be shown; the count between first and last is usage's, less one
-    return first - began, (tokens - 1) / (last - first) if last > first else 0.0, tokens
+    return first - began, (tokens - 1) / (last - first) if last > first else 0.0, tokens, inside
 
 
 def main() -> None:
@@ -109,26 +114,37 @@ def main() -> None:
             client = openai.OpenAI(base_url=address.url + "/v1", api_key=token, max_retries=0, timeout=300)
             direct(model, tokenizer, ids, 4)  # warm-ups: routes, pings, the agent's model load
             through_api(client, 4)
-            rows: dict[str, list[tuple[float, float, int]]] = {"direct": [], "API": []}
-            for _ in range(args.repeats):
-                rows["direct"].append(direct(model, tokenizer, ids, args.new_tokens))
-                rows["API"].append(through_api(client, args.new_tokens))
+            rows: dict[str, list[Sample]] = {"direct": [], "API": []}
+            for repeat in range(args.repeats):
+                order = ["direct", "API"] if repeat % 2 == 0 else ["API", "direct"]  # neither always goes first
+                for name in order:
+                    if name == "direct":
+                        rows[name].append(direct(model, tokenizer, ids, args.new_tokens))
+                    else:
+                        rows[name].append(through_api(client, args.new_tokens))
         finally:
             agent.terminate()
             agent.wait(30)
             model.close()
     print(f"model {DEFAULT_MODEL}, 2 servers, prompt {len(ids)} tokens, up to {args.new_tokens} new tokens, greedy")
-    print(f"median of {args.repeats}, alternating\n\n{'path':<8} {'tokens':>6} {'TTFT s':>8} {'tokens/s':>9}")
+    print(
+        f"median of {args.repeats}, alternating\n\n"
+        f"{'path':<8} {'tokens':>6} {'TTFT s':>8} {'tokens/s':>9} {'in the agent':>13}"
+    )
     medians = {}
     for name, samples in rows.items():
         ttft = statistics.median(sample[0] for sample in samples)
         speed = statistics.median(sample[1] for sample in samples)
+        inside = statistics.median(sample[3] for sample in samples)
         medians[name] = (ttft, speed)
-        print(f"{name:<8} {samples[-1][2]:>6} {ttft:>8.3f} {speed:>9.2f}")
+        print(f"{name:<8} {samples[-1][2]:>6} {ttft:>8.3f} {speed:>9.2f} {inside:>13.2f}")
     (direct_ttft, direct_speed), (api_ttft, api_speed) = medians["direct"], medians["API"]
+    # each repeat's two runs saw the same machine load: the median of their ratios is steadier than a ratio of medians
+    paired = statistics.median(api[1] / own[1] for api, own in zip(rows["API"], rows["direct"], strict=True))
     print(
-        f"\nAPI overhead: tokens/s {1 - api_speed / direct_speed:+.1%} (lower through the API when positive), "
-        f"time to first token {api_ttft - direct_ttft:+.3f} s ({api_ttft / direct_ttft - 1:+.1%})"
+        f"\nAPI overhead on tokens/s: {1 - api_speed / direct_speed:+.1%} (medians), {1 - paired:+.1%} (median of "
+        f"paired runs); positive: slower through the API\n"
+        f"API overhead on time to first token: {api_ttft - direct_ttft:+.3f} s ({api_ttft / direct_ttft - 1:+.1%})"
     )
 
 

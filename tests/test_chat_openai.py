@@ -21,6 +21,7 @@ from agent_helpers import start_agent
 from conftest import TEST_ENV
 from swarm_helpers import call, wait_covered
 
+from agent.chat.schema import NewMessage, Sampling
 from agent.chat_client import ChatClient
 from agent.local_swarm import LocalSwarm
 from agent.service import Agent
@@ -293,3 +294,26 @@ def test_terminal_chat_streams_and_ctrl_c_stops_only_the_answer(served: Served) 
     assert turns[1].content == expected and turns[1].meta.tokens_per_second is not None
     assert turns[3].meta.finish_reason == "cancelled" and turns[3].content.startswith("123")
     assert stored.sampling.temperature == 0 and stored.sampling.max_tokens == 300
+
+
+def test_conversation_replies_are_stored_and_regenerations_are_siblings(served: Served) -> None:
+    expected = served.expected(QUESTION, 16)
+    with ChatClient.connect(served.agent.paths) as client:
+        conversation = client.create_conversation(
+            sampling=Sampling(temperature=0, max_tokens=16), messages=[NewMessage(**QUESTION[0])]
+        )
+        reply = client.reply(conversation.id)
+        assert "".join(delta.text for delta in reply) == expected
+        assert reply.message is not None and reply.message.content == expected
+        assert reply.message.meta.route and reply.message.meta.completion_tokens > 0
+        assert reply.message.meta.sampling.temperature == 0
+
+        question = conversation.messages[0]
+        again = client.reply(conversation.id, parent_id=question.id)  # regenerate, then stop it
+        next(iter(again))
+        again.stop()
+        stored = client.get_conversation(conversation.id)
+    assert again.message is not None and again.message.meta.finish_reason == "cancelled"
+    assert expected.startswith(again.message.content) and again.message.content
+    assert [m.id for m in stored.siblings(reply.message.id)] == [reply.message.id, again.message.id]
+    assert stored.current_id == again.message.id

@@ -115,7 +115,9 @@ class WarmModel:
         from engine.errors import USER_ERRORS
 
         wait = settings.chat.wait_seconds
-        client = ClientSettings(step_timeout=wait, dht_timeout=min(10.0, wait))
+        # a step may take longer than the wait (a long prompt's prefill on a CPU server): the wait bounds the first
+        # answer (openai_api.py), the step timeout only says when a server counts as failed
+        client = ClientSettings(step_timeout=max(60.0, wait), dht_timeout=min(10.0, wait))
         try:
             model = DistributedCausalLM.connect(key[0], list(key[1]), key[2] or None, settings=client)
         except USER_ERRORS as error:
