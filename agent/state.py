@@ -22,6 +22,7 @@ from agent.api.models import (
     Ack,
     BenchmarkAnswer,
     BenchmarkRequest,
+    ChatStatus,
     ErrorEntry,
     LogsAnswer,
     LogsQuery,
@@ -83,6 +84,7 @@ class AgentState:
         self.settings_listeners: list[SettingsListener] = []
         self.benchmark: BenchmarkProvider | None = None
         self.stats: StatsProvider | None = None
+        self.chat_status: Callable[[], ChatStatus] | None = None  # set by the chat part (agent/chat/service.py)
         self._owner_requests = 0
         self._lock = threading.RLock()
 
@@ -158,6 +160,7 @@ class AgentState:
                 snoozed_until=throttle.snoozed_until,
                 server=self.server,
                 swarm=self.swarm,
+                chat=self.chat_status() if self.chat_status is not None else ChatStatus(),
                 tokens_served=tokens,
                 sessions_served=sessions,
                 uptime_s=self.clock() - self.started,
