@@ -78,7 +78,9 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
         group = group_parsers.get(info.group) or parser.add_argument_group(f"settings: {info.group_title}")
         group_parsers[info.group] = group
         flag = "--" + info.key.replace(".", "-").replace("_", "-")
-        group.add_argument(flag, dest=f"setting:{info.key}", default=None, metavar="VALUE", help=info.describe())
+        group.add_argument(
+            flag, dest=f"setting:{info.key}", default=None, metavar="VALUE", help=info.describe().replace("%", "%%")
+        )  # argparse formats help with %
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:

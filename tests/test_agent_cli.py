@@ -24,7 +24,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def start_headless(home: Path, *args: str) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--no-gui", "--api-port", "0", *args],
+        # the tests' own processes load the machine: not the "other programs" the CPU limit is about
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--no-gui",
+            "--api-port",
+            "0",
+            "--activity-other-cpu-percent-max",
+            "100",
+            *args,
+        ],
         env={**os.environ, **TEST_ENV, "NECTAR_HOME": str(home)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -106,3 +118,9 @@ def test_bench_measures_and_caches_with_its_age(home: Path, tiny_checkpoints) ->
     assert answer["network"]["detail"] == "no swarm peers to measure"
     again = run_nectar("bench")  # cached: shown with its age, not measured again
     assert again.returncode == 0 and again.stdout.startswith("measured ") and "inference steps/s" in again.stdout
+
+
+def test_run_help_lists_every_setting_flag() -> None:
+    result = run_nectar("run", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--activity-other-cpu-percent-max" in result.stdout and "unit: %" in result.stdout
