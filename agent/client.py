@@ -18,14 +18,19 @@ from agent.api.models import (
     Ack,
     BenchmarkAnswer,
     BenchmarkRequest,
+    Contribution,
+    ContributionQuery,
     LogsAnswer,
     LogSource,
     LogsQuery,
     PauseRequest,
+    SecretChange,
+    SecretsAnswer,
     SettingsAnswer,
     SettingsChange,
     SnoozeRequest,
     Status,
+    SwarmMap,
 )
 from agent.api.server import ApiAddress
 from agent.paths import AgentPaths
@@ -110,6 +115,19 @@ class AgentClient:
 
     def logs(self, source: LogSource = "agent", lines: int = 100) -> LogsAnswer:
         return self._call("logs", _request(LogsQuery, source=source, lines=lines))
+
+    def swarm_map(self) -> SwarmMap:
+        return self._call("swarm_map")
+
+    def contribution(self, days: int = 30) -> Contribution:
+        return self._call("contribution", _request(ContributionQuery, days=days))
+
+    def secrets(self) -> SecretsAnswer:
+        return self._call("secrets")
+
+    def set_secret(self, name: str, value: str | None) -> SecretsAnswer:
+        """Store ``value`` as the secret ``name`` (``None`` deletes it)."""
+        return self._call("set_secret", _request(SecretChange, name=name, value=value))
 
     def _call(self, name: str, request: BaseModel | None = None, timeout: float | None = None) -> Any:
         endpoint = ENDPOINTS_BY_NAME[name]
