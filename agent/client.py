@@ -86,8 +86,8 @@ class AgentClient:
         self.close()
 
     # one method per endpoint
-    def status(self) -> Status:
-        return self._call("status")
+    def status(self, timeout: float | None = None) -> Status:
+        return self._call("status", timeout=timeout)
 
     def pause(self) -> Status:
         return self._call("pause", PauseRequest())

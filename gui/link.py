@@ -1,0 +1,200 @@
+"""``AgentLink``: the GUI's one connection to the agent, and the boundary between the Qt thread and the network.
+
+Every call to the agent runs on a ``QThreadPool`` worker with its own ``AgentClient`` (one per worker thread);
+results come back to the Qt thread through a queued signal of this object, so callbacks may touch widgets. The
+Qt thread never waits on the network: a slow or dead agent shows as a state (``unreachable``), never a frozen
+window. ``AgentLink`` polls the status every few seconds and says when it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
+
+from agent.api.models import Status
+from agent.client import AgentClient, AgentClientError
+from agent.paths import AgentPaths
+
+logger = logging.getLogger(__name__)
+
+POLL_MS = 2000
+STATUS_TIMEOUT = 4.0  # the status answers at once; longer means the agent is stuck, which the tray says
+
+Callback = Callable[[Any], None]
+
+
+class _Call(QRunnable):
+    """Runs ``work(client)`` on a pool thread and hands its result (or one-line error) to the link."""
+
+    def __init__(self, link: AgentLink, work: Callable[[AgentClient], Any], done: Callback | None, failed: Callback):
+        super().__init__()
+        self.link, self.work, self.done, self.failed = link, work, done, failed
+
+    def run(self) -> None:
+        try:
+            result = self.work(self.link.client())
+        except AgentClientError as error:
+            self.link.deliver.emit(self.failed, str(error))
+        except Exception as error:  # a bug must reach the user as a message, not kill a pool thread silently
+            logger.exception("agent call failed")
+            self.link.deliver.emit(self.failed, f"{type(error).__name__}: {error}")
+        else:
+            if self.done is not None:
+                self.link.deliver.emit(self.done, result)
+
+
+class _Stream(QRunnable):
+    """Iterates ``work(client, cancel)`` on a pool thread, handing each item to ``on_item`` on the Qt thread."""
+
+    def __init__(
+        self,
+        link: AgentLink,
+        work: Callable[[AgentClient, threading.Event], Iterator[Any]],
+        on_item: Callback,
+        done: Callback,
+        failed: Callback,
+        cancel: threading.Event,
+    ):
+        super().__init__()
+        self.link, self.work, self.on_item, self.done, self.failed, self.cancel = (
+            link,
+            work,
+            on_item,
+            done,
+            failed,
+            cancel,
+        )
+
+    def run(self) -> None:
+        try:
+            for item in self.work(self.link.client(), self.cancel):
+                self.link.deliver.emit(self.on_item, item)
+                if self.cancel.is_set():
+                    break
+        except AgentClientError as error:
+            self.link.deliver.emit(self.failed, str(error))
+        except Exception as error:
+            logger.exception("agent stream failed")
+            self.link.deliver.emit(self.failed, f"{type(error).__name__}: {error}")
+        else:
+            self.link.deliver.emit(self.done, self.cancel.is_set())
+
+
+class AgentLink(QObject):
+    """Calls the agent off the Qt thread; ``status_changed`` and ``unreachable`` keep every window current."""
+
+    status_changed = Signal(object)  # Status
+    unreachable = Signal(str)  # why the agent does not answer
+    deliver = Signal(object, object)  # (callback, value), emitted by workers, run here on the Qt thread
+
+    def __init__(self, paths: AgentPaths, poll_ms: int = POLL_MS, parent: QObject | None = None):
+        super().__init__(parent)
+        self.paths = paths
+        self.status: Status | None = None
+        self.error: str | None = None  # the last reason the agent did not answer
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(6)  # a stream, a benchmark and a few short calls at once
+        self._local = threading.local()
+        self._clients: list[AgentClient] = []
+        self._clients_lock = threading.Lock()
+        self._polling = False
+        self.deliver.connect(self._deliver)
+        self.timer = QTimer(self)
+        self.timer.setInterval(poll_ms)
+        self.timer.timeout.connect(self.refresh)
+
+    def start(self) -> None:
+        self.refresh()
+        self.timer.start()
+
+    def client(self) -> AgentClient:
+        """This worker thread's client (connects again when the agent was restarted: a new address or token)."""
+        client: AgentClient | None = getattr(self._local, "client", None)
+        started = getattr(self._local, "started", None)
+        current = _api_started(self.paths)
+        if client is None or started != current:
+            client = AgentClient.connect(self.paths)
+            self._local.client, self._local.started = client, current
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def call(self, work: Callable[[AgentClient], Any], done: Callback | None = None, failed: Callback | None = None):
+        """Run ``work(client)`` off the Qt thread; ``done(result)`` or ``failed(message)`` run on the Qt thread."""
+        self.pool.start(_Call(self, work, done, failed or self._report))
+
+    def stream(
+        self,
+        work: Callable[[AgentClient, threading.Event], Iterator[Any]],
+        on_item: Callback,
+        done: Callback,
+        failed: Callback,
+    ) -> threading.Event:
+        """Iterate ``work`` off the Qt thread; set the returned event to stop it. ``done(stopped)`` ends it."""
+        cancel = threading.Event()
+        self.pool.start(_Stream(self, work, on_item, done, failed, cancel))
+        return cancel
+
+    @Slot()
+    def refresh(self) -> None:
+        """Ask for the status now (at most one request in flight, so a stuck agent does not pile them up)."""
+        if self._polling:
+            return
+        self._polling = True
+        self.call(_status, self._got_status, self._no_status)
+
+    def apply_status(self, status: Status) -> None:
+        """An answer that carries the new status (pause, resume, snooze): show it without waiting for a poll."""
+        self.error = None
+        self.status = status
+        self.status_changed.emit(status)
+
+    def close(self) -> None:
+        self.timer.stop()
+        self.pool.waitForDone(5000)
+        with self._clients_lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+
+    def _got_status(self, status: Status) -> None:
+        self._polling = False
+        self.apply_status(status)
+
+    def _no_status(self, message: str) -> None:
+        self._polling = False
+        self.error = message
+        self.unreachable.emit(message)
+
+    def _report(self, message: str) -> None:
+        logger.warning("%s", message)
+
+    @Slot(object, object)
+    def _deliver(self, callback: Callback, value: Any) -> None:
+        callback(value)
+
+
+def _status(client: AgentClient) -> Status:
+    return client.status(timeout=STATUS_TIMEOUT)
+
+
+def _api_started(paths: AgentPaths) -> float | None:
+    from agent.api.server import ApiAddress
+
+    address = ApiAddress.read(paths.api_file)
+    return address.started if address else None
+
+
+def elapsed(since: float) -> str:
+    """'12 s', '4 min', '2 h 5 min': how long ago ``since`` (unix time) was."""
+    seconds = max(0, int(time.time() - since))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
