@@ -31,7 +31,7 @@ class ContributionPlot(QWidget):
         painter.fillRect(self.rect(), self.palette().base())
         days = self.contribution.days
         text = self.palette().text().color()
-        if not days:
+        if not any(day.tokens or day.hours_serving for day in days):
             painter.setPen(self.palette().placeholderText().color())
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "nothing lent yet")
             return

@@ -1,6 +1,6 @@
 """``AgentLink``: the GUI's one connection to the agent, and the boundary between the Qt thread and the network.
 
-Every call to the agent runs on a ``QThreadPool`` worker with its own ``AgentClient`` (one per worker thread);
+Every call to the agent runs on a ``QThreadPool`` worker with its own ``ChatClient`` (one per worker thread);
 results come back to the Qt thread through a queued signal of this object, so callbacks may touch widgets. The
 Qt thread never waits on the network: a slow or dead agent shows as a state (``unreachable``), never a frozen
 window. ``AgentLink`` polls the status every few seconds and says when it changes.
@@ -8,16 +8,19 @@ window. ``AgentLink`` polls the status every few seconds and says when it change
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
 from agent.api.models import Status
-from agent.client import AgentClient, AgentClientError
+from agent.chat_client import ChatClient
+from agent.client import AgentClientError
 from agent.paths import AgentPaths
 
 logger = logging.getLogger(__name__)
@@ -28,24 +31,35 @@ STATUS_TIMEOUT = 4.0  # the status answers at once; longer means the agent is st
 Callback = Callable[[Any], None]
 
 
+def _one_line(error: Exception) -> str:
+    if isinstance(error, AgentClientError):
+        return str(error)
+    if isinstance(error, httpx.HTTPError):  # the connection broke mid-answer: the agent stopped or restarted
+        return f"the agent's API stopped answering ({type(error).__name__})"
+    logger.error("agent call failed", exc_info=error)  # a bug: in the log, and to the user as one line
+    return f"{type(error).__name__}: {error}"
+
+
+def _emit(link: AgentLink, callback: Callback, value: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the GUI closed while this call was in flight: nobody is left to tell
+        link.deliver.emit(callback, value)
+
+
 class _Call(QRunnable):
     """Runs ``work(client)`` on a pool thread and hands its result (or one-line error) to the link."""
 
-    def __init__(self, link: AgentLink, work: Callable[[AgentClient], Any], done: Callback | None, failed: Callback):
+    def __init__(self, link: AgentLink, work: Callable[[ChatClient], Any], done: Callback | None, failed: Callback):
         super().__init__()
         self.link, self.work, self.done, self.failed = link, work, done, failed
 
     def run(self) -> None:
         try:
             result = self.work(self.link.client())
-        except AgentClientError as error:
-            self.link.deliver.emit(self.failed, str(error))
-        except Exception as error:  # a bug must reach the user as a message, not kill a pool thread silently
-            logger.exception("agent call failed")
-            self.link.deliver.emit(self.failed, f"{type(error).__name__}: {error}")
+        except Exception as error:  # every failure reaches the user as one line, never kills a pool thread
+            _emit(self.link, self.failed, _one_line(error))
         else:
             if self.done is not None:
-                self.link.deliver.emit(self.done, result)
+                _emit(self.link, self.done, result)
 
 
 class _Stream(QRunnable):
@@ -54,7 +68,7 @@ class _Stream(QRunnable):
     def __init__(
         self,
         link: AgentLink,
-        work: Callable[[AgentClient, threading.Event], Iterator[Any]],
+        work: Callable[[ChatClient, threading.Event], Iterator[Any]],
         on_item: Callback,
         done: Callback,
         failed: Callback,
@@ -71,18 +85,21 @@ class _Stream(QRunnable):
         )
 
     def run(self) -> None:
+        items = None
         try:
-            for item in self.work(self.link.client(), self.cancel):
-                self.link.deliver.emit(self.on_item, item)
+            items = self.work(self.link.client(), self.cancel)
+            for item in items:
+                _emit(self.link, self.on_item, item)
                 if self.cancel.is_set():
                     break
-        except AgentClientError as error:
-            self.link.deliver.emit(self.failed, str(error))
         except Exception as error:
-            logger.exception("agent stream failed")
-            self.link.deliver.emit(self.failed, f"{type(error).__name__}: {error}")
+            _emit(self.link, self.failed, _one_line(error))
         else:
-            self.link.deliver.emit(self.done, self.cancel.is_set())
+            _emit(self.link, self.done, self.cancel.is_set())
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # closing a chat stream closes its connection: the agent ends the answer at once
 
 
 class AgentLink(QObject):
@@ -100,7 +117,7 @@ class AgentLink(QObject):
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(6)  # a stream, a benchmark and a few short calls at once
         self._local = threading.local()
-        self._clients: list[AgentClient] = []
+        self._clients: list[ChatClient] = []
         self._clients_lock = threading.Lock()
         self._polling = False
         self.deliver.connect(self._deliver)
@@ -112,25 +129,25 @@ class AgentLink(QObject):
         self.refresh()
         self.timer.start()
 
-    def client(self) -> AgentClient:
+    def client(self) -> ChatClient:
         """This worker thread's client (connects again when the agent was restarted: a new address or token)."""
-        client: AgentClient | None = getattr(self._local, "client", None)
+        client: ChatClient | None = getattr(self._local, "client", None)
         started = getattr(self._local, "started", None)
         current = _api_started(self.paths)
         if client is None or started != current:
-            client = AgentClient.connect(self.paths)
+            client = ChatClient.connect(self.paths)
             self._local.client, self._local.started = client, current
             with self._clients_lock:
                 self._clients.append(client)
         return client
 
-    def call(self, work: Callable[[AgentClient], Any], done: Callback | None = None, failed: Callback | None = None):
+    def call(self, work: Callable[[ChatClient], Any], done: Callback | None = None, failed: Callback | None = None):
         """Run ``work(client)`` off the Qt thread; ``done(result)`` or ``failed(message)`` run on the Qt thread."""
         self.pool.start(_Call(self, work, done, failed or self._report))
 
     def stream(
         self,
-        work: Callable[[AgentClient, threading.Event], Iterator[Any]],
+        work: Callable[[ChatClient, threading.Event], Iterator[Any]],
         on_item: Callback,
         done: Callback,
         failed: Callback,
@@ -179,7 +196,7 @@ class AgentLink(QObject):
         callback(value)
 
 
-def _status(client: AgentClient) -> Status:
+def _status(client: ChatClient) -> Status:
     return client.status(timeout=STATUS_TIMEOUT)
 
 
