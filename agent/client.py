@@ -79,6 +79,10 @@ class AgentClient:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
     def __enter__(self) -> AgentClient:
         return self
 

@@ -62,6 +62,26 @@ class _Call(QRunnable):
                 _emit(self.link, self.done, result)
 
 
+class StreamHandle:
+    """A running stream: ``stop()`` ends it at the next item, or closes its connection if none comes soon."""
+
+    ABORT_AFTER_S = 1.0  # an answer waiting for its first token gets no next item to stop at
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.client: ChatClient | None = None
+        self.finished = False
+
+    def stop(self) -> None:
+        self.cancel.set()
+        threading.Timer(self.ABORT_AFTER_S, self._abort).start()
+
+    def _abort(self) -> None:
+        client = self.client
+        if client is not None and not self.finished:
+            client.close()  # the agent sees the connection close and ends the swarm session
+
+
 class _Stream(QRunnable):
     """Iterates ``work(client, cancel)`` on a pool thread, handing each item to ``on_item`` on the Qt thread."""
 
@@ -72,34 +92,35 @@ class _Stream(QRunnable):
         on_item: Callback,
         done: Callback,
         failed: Callback,
-        cancel: threading.Event,
+        handle: StreamHandle,
     ):
         super().__init__()
-        self.link, self.work, self.on_item, self.done, self.failed, self.cancel = (
-            link,
-            work,
-            on_item,
-            done,
-            failed,
-            cancel,
-        )
+        self.link, self.work, self.on_item, self.done, self.failed = link, work, on_item, done, failed
+        self.handle = handle
 
     def run(self) -> None:
+        cancel = self.handle.cancel
         items = None
         try:
-            items = self.work(self.link.client(), self.cancel)
+            self.handle.client = self.link.client()
+            items = self.work(self.handle.client, cancel)
             for item in items:
                 _emit(self.link, self.on_item, item)
-                if self.cancel.is_set():
+                if cancel.is_set():
                     break
         except Exception as error:
-            _emit(self.link, self.failed, _one_line(error))
+            if cancel.is_set():  # the connection was closed to stop it: a stop, not a failure
+                _emit(self.link, self.done, True)
+            else:
+                _emit(self.link, self.failed, _one_line(error))
         else:
-            _emit(self.link, self.done, self.cancel.is_set())
+            _emit(self.link, self.done, cancel.is_set())
         finally:
+            self.handle.finished = True
             close = getattr(items, "close", None)
             if close is not None:
-                close()  # closing a chat stream closes its connection: the agent ends the answer at once
+                with contextlib.suppress(Exception):
+                    close()  # closing a chat stream closes its connection: the agent ends the answer at once
 
 
 class AgentLink(QObject):
@@ -134,7 +155,7 @@ class AgentLink(QObject):
         client: ChatClient | None = getattr(self._local, "client", None)
         started = getattr(self._local, "started", None)
         current = _api_started(self.paths)
-        if client is None or started != current:
+        if client is None or started != current or client.closed:
             client = ChatClient.connect(self.paths)
             self._local.client, self._local.started = client, current
             with self._clients_lock:
@@ -151,11 +172,11 @@ class AgentLink(QObject):
         on_item: Callback,
         done: Callback,
         failed: Callback,
-    ) -> threading.Event:
-        """Iterate ``work`` off the Qt thread; set the returned event to stop it. ``done(stopped)`` ends it."""
-        cancel = threading.Event()
-        self.pool.start(_Stream(self, work, on_item, done, failed, cancel))
-        return cancel
+    ) -> StreamHandle:
+        """Iterate ``work`` off the Qt thread; ``handle.stop()`` stops it; ``done(stopped)`` or ``failed`` ends it."""
+        handle = StreamHandle()
+        self.pool.start(_Stream(self, work, on_item, done, failed, handle))
+        return handle
 
     @Slot()
     def refresh(self) -> None:
