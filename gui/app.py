@@ -130,10 +130,13 @@ class NectarApp(QObject):
         failure = self.process.failure() if self.process is not None else None
         if failure:
             self._set_view(view_of(None, failure))
-        elif not self.seen_agent and time.monotonic() - self.started_at < START_TIMEOUT_S:
+        elif self._launching() and not self.seen_agent and time.monotonic() - self.started_at < START_TIMEOUT_S:
             self._set_view(view_of(None, starting=True))
         else:
             self._set_view(view_of(None, message))
+
+    def _launching(self) -> bool:
+        return self.process is not None and self.process.process is not None
 
     def _set_view(self, view: View) -> None:
         if view != self.view:
