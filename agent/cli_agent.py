@@ -13,12 +13,13 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
+from agent.chat_terminal import add_chat_command
 from agent.client import AgentClient, AgentNotRunning
 from agent.paths import AgentPaths
 from agent.settings import Settings, iter_settings, setting_info, split_key
 from agent.settings_file import SettingsFile, parse_value
 
-AGENT_COMMANDS = ("run", "status", "pause", "resume", "snooze", "stop", "config", "secret", "bench")
+AGENT_COMMANDS = ("run", "status", "pause", "resume", "snooze", "stop", "config", "secret", "bench", "chat")
 GUI_ENTRY_GROUP = "nectar.gui"  # the GUI package registers `run = module:function` here; the agent never imports it
 
 
@@ -61,6 +62,8 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:
     secret.add_argument("action", choices=("set", "delete", "where"))
     secret.add_argument("name", help="hf_token or swarm_key")
     secret.set_defaults(run=cmd_secret)
+
+    add_chat_command(commands)
 
 
 def add_settings_options(parser: argparse.ArgumentParser) -> None:

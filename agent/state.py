@@ -22,6 +22,7 @@ from agent.api.models import (
     Ack,
     BenchmarkAnswer,
     BenchmarkRequest,
+    ChatStatus,
     Contribution,
     ContributionDay,
     ContributionQuery,
@@ -90,6 +91,7 @@ class AgentState:
         self.stats: StatsProvider | None = None
         self.swarm_watcher: SwarmMapProvider | None = None
         self.secret_store = SecretStore(paths.secrets_file)
+        self.chat_status: Callable[[], ChatStatus] | None = None  # set by the chat part (agent/chat/service.py)
         self._owner_requests = 0
         self._lock = threading.RLock()
 
@@ -164,6 +166,7 @@ class AgentState:
                 snoozed_until=throttle.snoozed_until,
                 server=self.server,
                 swarm=self.swarm,
+                chat=self.chat_status() if self.chat_status is not None else ChatStatus(),
                 tokens_served=tokens,
                 sessions_served=sessions,
                 uptime_s=self.clock() - self.started,

@@ -44,6 +44,16 @@ class SwarmStatus(Answer):
     coverage: float | None = None  # share of the model's blocks served by at least one server
 
 
+class ChatStatus(Answer):
+    """The agent's chat client of its swarm (the chat window and the local OpenAI API)."""
+
+    state: Literal["cold", "loading", "ready", "failed"] = "cold"  # cold: loaded by the first chat request
+    model: str = ""
+    active: int = 0  # chat requests being answered now
+    max_concurrent: int = 0  # more than this are answered "busy"
+    detail: str = ""  # what it is loading, or why it failed
+
+
 class ErrorEntry(Answer):
     time: float
     message: str
@@ -59,6 +69,7 @@ class Status(Answer):
     snoozed_until: float | None = None  # unix time
     server: ServerStatus = Field(default_factory=ServerStatus)
     swarm: SwarmStatus = Field(default_factory=SwarmStatus)
+    chat: ChatStatus = Field(default_factory=ChatStatus)
     tokens_served: int = 0  # to others, all time
     sessions_served: int = 0
     uptime_s: float = 0.0  # this agent process

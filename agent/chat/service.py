@@ -11,8 +11,11 @@ from collections.abc import Callable
 
 from fastapi import APIRouter
 
+from agent.api.models import ChatStatus
 from agent.chat.conversations_api import conversation_router
+from agent.chat.openai_api import openai_router
 from agent.chat.store import ConversationStore
+from agent.chat.warm import WarmModel
 from agent.paths import AgentPaths
 from agent.state import AgentState
 
@@ -25,15 +28,25 @@ class ChatService:
         after the API)."""
         self.paths, self.state, self.initial_peers = paths, state, initial_peers
         self.store = ConversationStore(paths.chat_db)
+        self.warm = WarmModel(lambda: state.settings, initial_peers, state.owner_request)
+        state.chat_status = self.status
 
     def routers(self) -> list[APIRouter]:
-        return [conversation_router(self.store)]
+        return [conversation_router(self.store), openai_router(self.warm)]
+
+    def status(self) -> ChatStatus:
+        warm = self.warm
+        limit = self.state.settings.chat.max_concurrent
+        return ChatStatus(
+            state=warm.state, model=warm.model_name, active=warm.active, max_concurrent=limit, detail=warm.detail
+        )
 
     def start(self) -> None:
         pass  # the model loads on first use
 
     def stop(self) -> None:
         """End the chat's swarm sessions (before the agent's servers drain); the store stays open for the API."""
+        self.warm.close()
 
     def close(self) -> None:
         self.stop()

@@ -28,6 +28,8 @@ class GenerationSettings:
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
     repetition_penalty: float = 1.0  # 1.0: none
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted from a token's logit once per time it was generated
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token generated at least once
     stop_strings: Sequence[str] = field(default_factory=tuple)
     seed: int | None = None
 
@@ -42,11 +44,18 @@ class GenerationSettings:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition penalty must be positive, got {self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name.replace('_', ' ')} must be between -2 and 2, got {getattr(self, name)}")
 
-    def processors(self) -> LogitsProcessorList:
+    def processors(self, prompt_length: int = 0) -> LogitsProcessorList:
+        """The logits processors, in transformers' order; ``prompt_length`` keeps the prompt out of OpenAI's
+        penalties (they count generated tokens only)."""
         processors = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.frequency_penalty or self.presence_penalty:
+            processors.append(OccurrencePenalty(prompt_length, self.frequency_penalty, self.presence_penalty))
         if self.do_sample:
             if self.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(self.temperature))
@@ -57,11 +66,25 @@ class GenerationSettings:
         return processors
 
 
+class OccurrencePenalty:
+    """OpenAI's frequency and presence penalties over the tokens generated after ``prompt_length``."""
+
+    def __init__(self, prompt_length: int, frequency: float, presence: float):
+        self.prompt_length, self.frequency, self.presence = prompt_length, frequency, presence
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
 @dataclass
 class GenerationResult:
     tokens: list[int]  # the new tokens only
     text: str  # their text, cut at a stop string if one appeared
-    stop_reason: str  # "eos", "stop_string" or "length"
+    stop_reason: str  # "eos", "stop_string", "length" or "cancelled" (``should_stop`` said so)
     time_to_first_token: float  # seconds from the call to the first new token
     seconds: float  # seconds for the whole call
     route: list[str]  # "start:end@peer" of each server used
@@ -75,11 +98,18 @@ class GenerationResult:
 
 def chat_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` as one user turn, through the model's chat template when it has one."""
+    return messages_prompt(tokenizer, [{"role": "user", "content": text}])
+
+
+def messages_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of a chat (``[{"role", "content"}]``) ready for the assistant's answer, through the model's chat
+    template; without a template, "role: content" lines (a single user turn is its bare text)."""
     if getattr(tokenizer, "chat_template", None):
-        encoded = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True
-        )
+        encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True)
         return list(encoded["input_ids"])
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return list(tokenizer(messages[0]["content"])["input_ids"])
+    text = "".join(f"{message['role']}: {message['content']}\n" for message in messages) + "assistant:"
     return list(tokenizer(text)["input_ids"])
 
 
@@ -99,10 +129,13 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     stop_token_ids: set[int] | None = None,
     adapter: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerationResult:
     """Generate after ``input_ids`` through the swarm; ``on_text`` receives each new piece of text.
 
     ``model`` may also be a prompt-tuned module (``engine.client.ptune``); ``adapter`` names a LoRA adapter.
+    ``should_stop`` is asked before every step: True ends the generation there (its session closes at once,
+    so the servers free its caches), e.g. when the reader of a stream went away.
     """
     settings.validate()
     if not input_ids:
@@ -111,7 +144,7 @@ def generate(
         raise ValueError("stop strings need a tokenizer")
     stops = eos_ids(model, tokenizer) if stop_token_ids is None else stop_token_ids
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
-    processors = settings.processors()
+    processors = settings.processors(len(input_ids))
     began = time.perf_counter()
     sequence = torch.tensor([list(input_ids)], dtype=torch.long)
     new_tokens: list[int] = []
@@ -122,6 +155,9 @@ def generate(
     with torch.inference_mode(), model.inference_session(max_length=max_length, **session_options) as session:
         step_input = sequence
         for _ in range(settings.max_new_tokens):
+            if should_stop is not None and should_stop():
+                reason = "cancelled"
+                break
             hidden = session.step(model.embed(step_input))
             scores = processors(sequence, model.logits(hidden[:, -1]).float())
             if settings.do_sample:
