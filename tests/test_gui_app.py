@@ -13,6 +13,7 @@ import gui_helpers
 import pytest
 from conftest import TEST_ENV
 
+from agent.api.models import SettingsChange
 from agent.client import AgentApiError, AgentClient
 from agent.service import Agent
 from gui.app import NectarApp
@@ -162,3 +163,103 @@ def test_welcome_measures_then_writes_the_choices(app: NectarApp, agent: Agent, 
     assert not needs_welcome(agent.paths)
     autostart.set_enabled(False)
     assert not autostart.enabled()
+
+
+def streaming_text(chat) -> str:
+    """The text of the answer being streamed, or of the error that replaced it."""
+    from gui.chat.message_view import MessageView
+
+    view = chat.findChild(MessageView, "message-streaming")
+    return view.body.toPlainText() if view is not None else ""
+
+
+def message_view(chat, message_id: int):
+    from gui.chat.message_view import MessageView
+
+    return chat.findChild(MessageView, f"message-{message_id}")
+
+
+def test_chat_streams_token_by_token_regenerates_a_branch_and_stops(app: NectarApp, qtbot, tmp_path: Path) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from gui.chat.branches import position
+
+    chat = app.show_chat()
+    grew: list[str] = []
+    finished: list[object] = []
+    chat.answer_grew.connect(grew.append)
+    chat.answer_finished.connect(finished.append)
+    chat.parameters.max_tokens.setValue(24)
+    chat.composer.setPlainText("Name three colours.")
+    QTest.keyClick(chat.composer, Qt.Key.Key_Return)  # Enter sends
+    qtbot.waitUntil(lambda: bool(finished), timeout=300000)
+    conversation = finished[-1]
+    assert conversation is not None, streaming_text(chat)
+    assert len(grew) >= 3 and all(
+        later.startswith(earlier) and later != earlier for earlier, later in zip(grew, grew[1:], strict=False)
+    )
+    answer = conversation.path()[-1]
+    assert answer.role == "assistant" and answer.content == grew[-1]
+    assert answer.meta.tokens_per_second and answer.meta.time_to_first_token is not None and answer.meta.route
+    footer = message_view(chat, answer.id).footer.text()
+    assert "tokens/s" in footer and "first token" in footer and "route: blocks 0-29 on" in footer
+
+    finished.clear()
+    message_view(chat, answer.id).regenerate_button.click()
+    qtbot.waitUntil(lambda: bool(finished), timeout=300000)
+    regenerated = finished[-1].path()[-1]
+    assert regenerated.id != answer.id and regenerated.parent_id == answer.parent_id
+    assert position(finished[-1], regenerated.id) == (2, 2)
+    assert message_view(chat, regenerated.id).branch_label.text() == "2/2"
+    message_view(chat, regenerated.id).previous.click()  # back to the first answer
+    qtbot.waitUntil(lambda: chat.conversation.current_id == answer.id, timeout=10000)
+    assert message_view(chat, answer.id).branch_label.text() == "1/2"
+
+    chat.parameters.max_tokens.setValue(400)
+    chat._parameters_changed()
+    qtbot.waitUntil(lambda: chat.conversation.sampling.max_tokens == 400, timeout=10000)
+    grew.clear()
+    finished.clear()
+    chat.composer.setPlainText("Tell me a long story about a bee who learns to fly.")
+    chat.send_button.click()
+    qtbot.waitUntil(lambda: len(grew) >= 2, timeout=300000)
+    assert chat.send_button.text() == "Stop"  # Stop replaces Send while an answer streams
+    QTest.keyClick(chat.composer, Qt.Key.Key_Escape)  # Esc stops
+    at_stop = len(grew)
+    qtbot.waitUntil(lambda: bool(finished), timeout=30000)
+    stopped = finished[-1].path()[-1]
+    assert stopped.meta.finish_reason == "cancelled" and len(grew) <= at_stop + 2
+    assert chat.send_button.text() == "Send"
+
+    chat.export("markdown", tmp_path / "chat.md")
+    chat.export("json", tmp_path / "chat.json")
+    qtbot.waitUntil(lambda: (tmp_path / "chat.md").exists() and (tmp_path / "chat.json").exists(), timeout=10000)
+    assert "## User" in (tmp_path / "chat.md").read_text() and '"nectar_export"' in (tmp_path / "chat.json").read_text()
+
+    conversation_id = chat.conversation.id
+    chat.rename(conversation_id, "Bees and colours")
+    qtbot.waitUntil(lambda: chat.sidebar.items.count() and chat.sidebar.items.item(0).text() == "Bees and colours")
+    chat.sidebar.search.setText("bee who learns")
+    qtbot.waitUntil(lambda: chat.sidebar.ids() == [conversation_id], timeout=10000)
+    chat.sidebar.search.setText("no such words anywhere")
+    qtbot.waitUntil(lambda: chat.sidebar.ids() == [], timeout=10000)
+    chat.sidebar.search.clear()
+    chat.delete(conversation_id, confirm=False)
+    qtbot.waitUntil(lambda: conversation_id not in chat.sidebar.ids() and chat.conversation is None, timeout=10000)
+
+
+def test_chat_names_the_missing_blocks_when_the_swarm_cannot_serve(app: NectarApp, agent: Agent, qtbot) -> None:
+    agent.state.set_settings(SettingsChange(changes={"chat.wait_seconds": 5.0}))  # fail soon once blocks are missing
+    app.pause()  # the agent's server drains: nobody serves the model's blocks
+    qtbot.waitUntil(lambda: agent.state.status().server.state == "stopped", timeout=120000)
+    chat = app.show_chat()
+    finished: list[object] = []
+    chat.answer_finished.connect(finished.append)
+    chat.send("Hello?")
+    qtbot.waitUntil(lambda: bool(finished), timeout=120000)
+    assert finished[-1] is None
+    text = streaming_text(chat)
+    assert "block" in text and "0" in text, text
+    chat.check_models()
+    qtbot.waitUntil(lambda: chat.banner.isVisible() and "block" in chat.banner.text(), timeout=30000)

@@ -152,7 +152,7 @@ class MessageView(QFrame):
 
 
 def meta_text(meta: MessageMeta) -> str:
-    """'12.3 tokens/s · first token 0.41 s · 48 tokens · route 0-14 abcd1234 → 15-29 efgh5678' under an answer."""
+    """'12.3 tokens/s · first token 0.41 s · 48 tokens · route: blocks 0-14 on abcd1234 → ...' under an answer."""
     parts = []
     if meta.tokens_per_second is not None:
         parts.append(f"{meta.tokens_per_second:.1f} tokens/s")
@@ -165,7 +165,7 @@ def meta_text(meta: MessageMeta) -> str:
     elif meta.finish_reason == "length":
         parts.append("cut at the length limit")
     if meta.route:
-        parts.append("route " + " → ".join(_hop(hop) for hop in meta.route))
+        parts.append("route: " + " → ".join(_hop(hop) for hop in meta.route))
     return " · ".join(parts)
 
 
@@ -177,4 +177,4 @@ def _hop(hop: str) -> str:
         blocks = f"{int(start)}-{int(end) - 1}"
     except ValueError:
         blocks = span
-    return f"{blocks} on {peer[-8:]}" if peer else hop
+    return f"blocks {blocks} on {peer[-8:]}" if peer else hop
