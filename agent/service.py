@@ -32,6 +32,7 @@ from agent.secrets import KNOWN_SECRETS, SecretStore
 from agent.settings_file import LoadedSettings, SettingsFile, with_overrides
 from agent.state import AgentState
 from agent.stats import StatsDB
+from agent.swarm_watch import SwarmWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class Agent:
         factory = self.idle_source_factory or choose_idle_source
         self.monitor = ActivityMonitor(self.state, self.lender.own_pids, self.lender.server_memory_gb, factory)
         self.parts += [self.monitor, self.lender]  # the first mode is known before the server starts; it drains first
+        self.parts.append(SwarmWatcher(self.state, self._swarm_peers))  # after the lender: it knows the peers
 
     def run(self) -> None:
         """Block until SIGTERM, SIGINT or the API's stop (signal handlers only from the main thread)."""

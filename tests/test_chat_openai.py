@@ -57,7 +57,10 @@ class Served:
 
     def free_cache(self) -> list[int]:
         peers = [server.ready["peer_id"] for server in self.swarm.servers]
-        return [call(self.reference.swarm, peer, wire.INFO_PROTOCOL, wire.request())[1]["free_cache_tokens"] for peer in peers]
+        return [
+            call(self.reference.swarm, peer, wire.INFO_PROTOCOL, wire.request())[1]["free_cache_tokens"]
+            for peer in peers
+        ]
 
 
 @pytest.fixture(scope="module")
