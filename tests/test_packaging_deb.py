@@ -84,10 +84,10 @@ def test_deb_installs_runs_offline_and_uninstalls_cleanly(tmp_path: Path) -> Non
         exec_start = next(line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart="))
         argv = shlex.split(exec_start.removeprefix("ExecStart="))
         print(f"$ {shlex.join(argv)}  (the unit's ExecStart)")
-        output = subprocess.PIPE
+        output = (tmp_path / "agent-output.txt").open("w")  # a file: a full pipe would block the agent
         agent = subprocess.Popen([*env, *argv], cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, text=True)
         try:
-            status = wait_for_server(env, agent)
+            status = wait_for_server(env, agent, tmp_path / "agent-output.txt")
             print(f"$ nectar status\n{run(env, 'status').stdout}")
             server_exe = os.path.realpath(f"/proc/{status['server']['pid']}/exe")
             assert server_exe == "/opt/nectar/nectar", "the server child must be the bundle's own executable"
@@ -97,7 +97,8 @@ def test_deb_installs_runs_offline_and_uninstalls_cleanly(tmp_path: Path) -> Non
         finally:
             if agent.poll() is None:
                 agent.kill()
-            print("agent's last lines:\n" + "\n".join(agent.stdout.read().splitlines()[-5:]))
+            output.close()
+            print("agent's last lines:\n" + "\n".join(read_tail(tmp_path / "agent-output.txt", 5)))
     finally:
         purge = subprocess.run(["dpkg", "--purge", "nectar"], capture_output=True, text=True)
     assert purge.returncode == 0, purge.stderr
@@ -111,13 +112,17 @@ def run(env: list[str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*env, "nectar", *args], capture_output=True, text=True, timeout=120)
 
 
-def wait_for_server(env: list[str], agent: subprocess.Popen, timeout: float = 900) -> dict:
+def read_tail(path: Path, lines: int) -> list[str]:
+    return path.read_text(errors="replace").splitlines()[-lines:]
+
+
+def wait_for_server(env: list[str], agent: subprocess.Popen, log: Path, timeout: float = 900) -> dict:
     """Poll ``nectar status --json`` until the agent's server runs; fail with the agent's output if it ends."""
     deadline = time.monotonic() + timeout
     last: dict = {}
     while time.monotonic() < deadline:
         if agent.poll() is not None:
-            pytest.fail(f"the agent exited with {agent.returncode}:\n{agent.stdout.read()[-3000:]}")
+            pytest.fail(f"the agent exited with {agent.returncode}:\n" + "\n".join(read_tail(log, 30)))
         done = run(env, "status", "--json")
         if done.returncode == 0:
             last = json.loads(done.stdout)
