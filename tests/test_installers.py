@@ -90,6 +90,7 @@ def test_slim_bundle_drops_gpu_kernels_tests_and_unused_qt() -> None:
         "bitsandbytes/libbitsandbytes_cpu.so",
         "torch/lib/libtorch_cpu.so",
         "torch/lib/libc10.so",
+        "torch/bin/torch_shm_manager",
         "PySide6/Qt/lib/libQt6Widgets.so.6",
         "PySide6/QtSvg.abi3.so",
         "PySide6/Qt/plugins/platforms/libqxcb.so",
