@@ -28,11 +28,14 @@ def run(*command: str | Path, check: bool = True, **kwargs) -> subprocess.Comple
 
 
 def pins(text: str) -> dict[str, str]:
-    """name -> version of every ``name==version`` line (uv's and pip freeze's output)."""
+    """name -> version of every ``name==version`` line (uv's and pip freeze's output) whose marker holds here."""
+    from packaging.markers import Marker
+
     found = {}
     for line in text.splitlines():
-        match = PIN.match(line.strip())
-        if match:
+        requirement, _, marker = line.partition(";")
+        match = PIN.match(requirement.strip())
+        if match and (not marker.strip() or Marker(marker.strip()).evaluate()):
             found[match.group(1).lower().replace("_", "-")] = match.group(2)
     return found
 
