@@ -284,6 +284,8 @@ def _parser_for(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # plain `nectar`: start the agent if needed and show the tray (or say how to run headless)
+        argv = ["run"]
     args = _parser_for(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command in ("dht", "serve") else logging.WARNING,

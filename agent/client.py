@@ -18,14 +18,19 @@ from agent.api.models import (
     Ack,
     BenchmarkAnswer,
     BenchmarkRequest,
+    Contribution,
+    ContributionQuery,
     LogsAnswer,
     LogSource,
     LogsQuery,
     PauseRequest,
+    SecretChange,
+    SecretsAnswer,
     SettingsAnswer,
     SettingsChange,
     SnoozeRequest,
     Status,
+    SwarmMap,
 )
 from agent.api.server import ApiAddress
 from agent.paths import AgentPaths
@@ -74,6 +79,10 @@ class AgentClient:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
     def __enter__(self) -> AgentClient:
         return self
 
@@ -81,8 +90,8 @@ class AgentClient:
         self.close()
 
     # one method per endpoint
-    def status(self) -> Status:
-        return self._call("status")
+    def status(self, timeout: float | None = None) -> Status:
+        return self._call("status", timeout=timeout)
 
     def pause(self) -> Status:
         return self._call("pause", PauseRequest())
@@ -110,6 +119,19 @@ class AgentClient:
 
     def logs(self, source: LogSource = "agent", lines: int = 100) -> LogsAnswer:
         return self._call("logs", _request(LogsQuery, source=source, lines=lines))
+
+    def swarm_map(self) -> SwarmMap:
+        return self._call("swarm_map")
+
+    def contribution(self, days: int = 30) -> Contribution:
+        return self._call("contribution", _request(ContributionQuery, days=days))
+
+    def secrets(self) -> SecretsAnswer:
+        return self._call("secrets")
+
+    def set_secret(self, name: str, value: str | None) -> SecretsAnswer:
+        """Store ``value`` as the secret ``name`` (``None`` deletes it)."""
+        return self._call("set_secret", _request(SecretChange, name=name, value=value))
 
     def _call(self, name: str, request: BaseModel | None = None, timeout: float | None = None) -> Any:
         endpoint = ENDPOINTS_BY_NAME[name]

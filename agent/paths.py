@@ -83,6 +83,11 @@ class AgentPaths:
         return self.data_dir / "stats.sqlite"
 
     @property
+    def chat_db(self) -> Path:
+        """Stored conversations (SQLite)."""
+        return self.data_dir / "chat.sqlite"
+
+    @property
     def benchmark_file(self) -> Path:
         """The last benchmark result, with its time."""
         return self.cache_dir / "benchmark.json"

@@ -25,6 +25,7 @@ from agent.api.app import create_app
 from agent.api.auth import load_or_create_token
 from agent.api.server import ApiAddress, ApiServer, unpublish
 from agent.benchmark import BenchmarkCache
+from agent.chat.service import ChatService
 from agent.lending import Lender
 from agent.logs import RedactingFilter, remove_agent_logging, setup_agent_logging
 from agent.paths import AgentPaths
@@ -32,6 +33,7 @@ from agent.settings import Settings
 from agent.settings_file import LoadedSettings, SettingsFile, validate
 from agent.state import AgentState
 from agent.stats import StatsDB
+from agent.swarm_watch import SwarmWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Agent:
         self.monitor: ActivityMonitor | None = None
         self.state: AgentState | None = None
         self.api: ApiServer | None = None
+        self.chat: ChatService | None = None
         self.parts: list[Part] = []
         self.redact: RedactingFilter | None = None
         self._lock = filelock.FileLock(str(self.paths.lock_file), timeout=0)
@@ -102,7 +105,8 @@ class Agent:
             self.state = AgentState(self.paths, loaded)
             self.state.settings_listeners.append(self._apply_start_at_login)
             token = load_or_create_token(self.paths.token_file)
-            app = create_app(self.state, token, self.extra_routers)
+            self.chat = ChatService(self.paths, self.state, self._chat_peers)
+            app = create_app(self.state, token, [*self.chat.routers(), *self.extra_routers])
             api = loaded.settings.api
             self.api = ApiServer(app, api.host, api.port).start()
             self.api.publish(self.paths.api_file, self.paths.token_file)
@@ -112,6 +116,7 @@ class Agent:
             self.state.evaluate()
             if self.lend:
                 self._add_lending_parts()
+            self.parts.append(self.chat)  # stopped first: its sessions end before the servers drain
             for part in self.parts:
                 part.start()
             if self.lend:
@@ -134,6 +139,10 @@ class Agent:
     def _swarm_peers(self) -> list[str]:
         return list(self.lender.initial_peers) if self.lender is not None else []
 
+    def _chat_peers(self) -> list[str]:
+        """The chat's swarm: the local swarm's DHT when this agent runs it, else the configured peers."""
+        return self._swarm_peers() or list(self.state.settings.swarm.initial_peers)
+
     def _benchmark_if_stale(self) -> None:
         """At start, without a fresh cached result: measure in the background (the API answers meanwhile)."""
         cache = self.state.benchmark
@@ -154,6 +163,7 @@ class Agent:
         factory = self.idle_source_factory or choose_idle_source
         self.monitor = ActivityMonitor(self.state, self.lender.own_pids, self.lender.server_memory_gb, factory)
         self.parts += [self.monitor, self.lender]  # the first mode is known before the server starts; it drains first
+        self.parts.append(SwarmWatcher(self.state, self._swarm_peers))  # after the lender: it knows the peers
 
     def run(self) -> None:
         """Block until SIGTERM, SIGINT or the API's stop (signal handlers only from the main thread)."""
@@ -178,6 +188,9 @@ class Agent:
             self.api.stop()
             self.api = None
         self.parts.clear()
+        if self.chat is not None:
+            self.chat.close()  # after the API: no request can reach the store any more
+            self.chat = None
         if self.stats is not None:
             self.stats.close()
             self.stats = None

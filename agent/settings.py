@@ -149,6 +149,29 @@ class ApiSettings(Group):
     port: int = setting(9317, "TCP port of the API (0: any free port)", ge=0, le=65535)
 
 
+class ChatSettings(Group):
+    model_config = ConfigDict(title="Chat")
+
+    max_concurrent: int = setting(
+        4, "chat requests (chat window, local OpenAI API) answered at once; more are answered 'busy'", ge=1, le=64
+    )
+    wait_seconds: float = setting(
+        30.0,
+        "longest a chat request waits for the swarm (loading the model, blocks not served yet, a server that does "
+        "not answer) before it is answered with an error naming the missing blocks",
+        "s",
+        ge=1,
+        le=3600,
+    )
+    default_max_tokens: int = setting(
+        512,
+        "longest answer when a request sets no max_tokens (the model's context still limits it)",
+        "tokens",
+        ge=1,
+        le=131072,
+    )
+
+
 class LogSettings(Group):
     model_config = ConfigDict(title="Logs")
 
@@ -175,6 +198,7 @@ class Settings(BaseModel):
     activity: ActivitySettings = Field(default_factory=ActivitySettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     desktop: DesktopSettings = Field(default_factory=DesktopSettings)
 

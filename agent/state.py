@@ -22,19 +22,27 @@ from agent.api.models import (
     Ack,
     BenchmarkAnswer,
     BenchmarkRequest,
+    Contribution,
+    ContributionDay,
+    ContributionQuery,
     ErrorEntry,
     LogsAnswer,
     LogsQuery,
     PauseRequest,
+    SecretChange,
+    SecretInfo,
+    SecretsAnswer,
     ServerStatus,
     SettingsAnswer,
     SettingsChange,
     SnoozeRequest,
     Status,
+    SwarmMap,
     SwarmStatus,
 )
 from agent.logs import tail_lines
 from agent.paths import AgentPaths
+from agent.secrets import KNOWN_SECRETS, SecretStore
 from agent.settings import Settings, UnknownSettingError
 from agent.settings_file import LoadedSettings, SettingsFile
 from agent.throttle import Decision, Observations, ThrottleState, decide
@@ -52,6 +60,12 @@ class BenchmarkProvider(Protocol):
 
 class StatsProvider(Protocol):
     def totals(self) -> tuple[int, int]: ...  # tokens served, sessions served
+    def hours(self) -> dict[str, float]: ...
+    def days(self, count: int) -> list[tuple[str, int, int, float, float]]: ...
+
+
+class SwarmMapProvider(Protocol):
+    map: SwarmMap  # the last reading
 
 
 class AgentState:
@@ -74,6 +88,8 @@ class AgentState:
         self.settings_listeners: list[SettingsListener] = []
         self.benchmark: BenchmarkProvider | None = None
         self.stats: StatsProvider | None = None
+        self.swarm_watcher: SwarmMapProvider | None = None
+        self.secret_store = SecretStore(paths.secrets_file)
         self._owner_requests = 0
         self._lock = threading.RLock()
 
@@ -219,3 +235,44 @@ class AgentState:
     def logs(self, request: LogsQuery) -> LogsAnswer:
         path = self.paths.agent_log if request.source == "agent" else self.paths.server_log
         return LogsAnswer(source=request.source, file=str(path), lines=tail_lines(path, request.lines))
+
+    def swarm_map(self) -> SwarmMap:
+        if self.swarm_watcher is None:
+            return SwarmMap(name=self.swarm.name, model=self.swarm.model, detail="this agent does not lend")
+        return self.swarm_watcher.map
+
+    def contribution(self, request: ContributionQuery) -> Contribution:
+        if self.stats is None:
+            return Contribution()
+        tokens, sessions = self.stats.totals()
+        days = [
+            ContributionDay(day=d, tokens=t, sessions=s, hours_online=o, hours_serving=h)
+            for d, t, s, o, h in self.stats.days(request.days)
+        ]
+        return Contribution(days=days, tokens=tokens, sessions=sessions, hours=self.stats.hours())
+
+    def secrets(self) -> SecretsAnswer:
+        infos = []
+        for name, description in KNOWN_SECRETS.items():
+            where = self.secret_store.where(name)
+            infos.append(
+                SecretInfo(
+                    name=name,
+                    description=description,
+                    present=where.present,
+                    backend=where.backend,
+                    detail=where.detail,
+                )
+            )
+        return SecretsAnswer(secrets=infos)
+
+    def set_secret(self, request: SecretChange) -> SecretsAnswer:
+        if request.value is None:
+            self.secret_store.delete(request.name)
+        else:
+            value = request.value.strip()
+            if not value:
+                raise ControlError(f"the {KNOWN_SECRETS[request.name]} is empty", param="value")
+            self.secret_store.set(request.name, value)
+        logger.info("secret %s %s", request.name, "deleted" if request.value is None else "stored")
+        return self.secrets()

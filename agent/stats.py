@@ -66,6 +66,34 @@ class StatsDB:
             rows = self._db.execute("SELECT what, SUM(seconds) FROM time_spent GROUP BY what").fetchall()
         return {what: seconds / 3600 for what, seconds in rows}
 
+    def days(self, count: int, now: float | None = None) -> list[tuple[str, int, int, float, float]]:
+        """The last ``count`` days, oldest first, with gaps: (day, tokens, sessions, hours online, hours serving)."""
+        now = time.time() if now is None else now
+        wanted = [_day(now - offset * 86400) for offset in range(count - 1, -1, -1)]
+        with self._lock:
+            served = {
+                day: (tokens, sessions)
+                for day, tokens, sessions in self._db.execute(
+                    "SELECT day, tokens, sessions FROM served WHERE day >= ?", (wanted[0],)
+                )
+            }
+            spent = {
+                (day, what): seconds
+                for day, what, seconds in self._db.execute(
+                    "SELECT day, what, seconds FROM time_spent WHERE day >= ? AND what IN ('agent', 'server')",
+                    (wanted[0],),
+                )
+            }
+        return [
+            (
+                day,
+                *served.get(day, (0, 0)),
+                spent.get((day, "agent"), 0.0) / 3600,
+                spent.get((day, "server"), 0.0) / 3600,
+            )
+            for day in wanted
+        ]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

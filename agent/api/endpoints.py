@@ -16,13 +16,18 @@ from agent.api.models import (
     Ack,
     BenchmarkAnswer,
     BenchmarkRequest,
+    Contribution,
+    ContributionQuery,
     LogsAnswer,
     LogsQuery,
     PauseRequest,
+    SecretChange,
+    SecretsAnswer,
     SettingsAnswer,
     SettingsChange,
     SnoozeRequest,
     Status,
+    SwarmMap,
 )
 
 API_PREFIX = "/api"
@@ -50,6 +55,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("get_benchmark", "GET", "/benchmark", False, None, BenchmarkAnswer, "the cached benchmark and its age"),
     Endpoint("run_benchmark", "POST", "/benchmark", True, BenchmarkRequest, BenchmarkAnswer, "measure the machine"),
     Endpoint("logs", "GET", "/logs", False, LogsQuery, LogsAnswer, "the last lines of the agent's or server's log"),
+    Endpoint("swarm_map", "GET", "/swarm", False, None, SwarmMap, "who serves which blocks (the coverage plot)"),
+    Endpoint("contribution", "GET", "/contribution", False, ContributionQuery, Contribution, "lent per day"),
+    Endpoint("secrets", "GET", "/secrets", False, None, SecretsAnswer, "which secrets are set and where, no values"),
+    Endpoint("set_secret", "PUT", "/secrets", True, SecretChange, SecretsAnswer, "store or delete a secret"),
 )
 
 ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
@@ -68,6 +77,10 @@ class AgentControl(Protocol):
     def get_benchmark(self) -> BenchmarkAnswer: ...
     def run_benchmark(self, request: BenchmarkRequest) -> BenchmarkAnswer: ...
     def logs(self, request: LogsQuery) -> LogsAnswer: ...
+    def swarm_map(self) -> SwarmMap: ...
+    def contribution(self, request: ContributionQuery) -> Contribution: ...
+    def secrets(self) -> SecretsAnswer: ...
+    def set_secret(self, request: SecretChange) -> SecretsAnswer: ...
 
 
 class ControlError(Exception):

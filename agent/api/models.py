@@ -149,3 +149,70 @@ class LogsAnswer(Answer):
     source: LogSource
     file: str
     lines: list[str]
+
+
+class SwarmServer(Answer):
+    """One span a server announces, as the coverage plot draws it."""
+
+    peer_id: str
+    start: int
+    end: int  # exclusive
+    state: str  # online, joining, draining
+    throughput: float  # tokens/s it adds to each block of its span
+    ours: bool = False  # one of this agent's servers
+
+
+class SwarmMap(Answer):
+    """Who serves which blocks of the model, read from the swarm's DHT a few seconds ago."""
+
+    name: str = "local"
+    model: str = ""
+    num_blocks: int = 0
+    block_throughput: list[float] = Field(default_factory=list)  # per block: tokens/s of its online servers
+    servers: list[SwarmServer] = Field(default_factory=list)
+    uncovered: list[int] = Field(default_factory=list)  # blocks no online server holds
+    read_at: float | None = None  # unix time of the reading; None: not read yet
+    detail: str = ""  # why there is no reading (yet)
+
+
+class ContributionQuery(Request):
+    days: int = Field(30, ge=1, le=3650)
+
+
+class ContributionDay(Answer):
+    day: str  # YYYY-MM-DD, local time
+    tokens: int = 0
+    sessions: int = 0
+    hours_online: float = 0.0
+    hours_serving: float = 0.0
+
+
+class Contribution(Answer):
+    """What this machine has lent, per day (oldest first) and in all."""
+
+    days: list[ContributionDay] = Field(default_factory=list)
+    tokens: int = 0
+    sessions: int = 0
+    hours: dict[str, float] = Field(default_factory=dict)  # 'agent' (online), 'server' (serving), each mode
+
+
+SecretName = Literal["hf_token", "swarm_key"]
+
+
+class SecretInfo(Answer):
+    """Where a secret is kept and whether it is set; never its value."""
+
+    name: str
+    description: str
+    present: bool
+    backend: str  # "keyring" or "file"
+    detail: str  # the keyring backend's name or the file's path
+
+
+class SecretsAnswer(Answer):
+    secrets: list[SecretInfo] = Field(default_factory=list)
+
+
+class SecretChange(Request):
+    name: SecretName
+    value: str | None = Field(None, description="the new value; null deletes the secret")

@@ -1,0 +1,5 @@
+import sys
+
+from gui.launch import run
+
+sys.exit(run())
