@@ -106,9 +106,10 @@ def test_bundle_metadata_declares_the_gui_only_when_the_checkout_has_one(tmp_pat
     contents = load_bundle_contents()
     root = tmp_path / "checkout"
     root.mkdir()
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-    with (root / "pyproject.toml").open("a") as file:
-        file.write('\n[project.entry-points."nectar.gui"]\nrun = "gui.launch:run"\n')
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "nectar-swarm"\nversion = "1.2.3"\n[project.scripts]\nnectar = "agent.cli:main"\n'
+        '[project.entry-points."nectar.gui"]\nrun = "gui.launch:run"\n'
+    )
     without = contents.project_metadata(tmp_path / "a", root)
     assert "nectar.gui" not in (without / "entry_points.txt").read_text()
     assert "nectar = agent.cli:main" in (without / "entry_points.txt").read_text()
@@ -116,7 +117,7 @@ def test_bundle_metadata_declares_the_gui_only_when_the_checkout_has_one(tmp_pat
     (root / "gui" / "__init__.py").write_text("")
     with_gui = contents.project_metadata(tmp_path / "b", root)
     assert "[nectar.gui]\nrun = gui.launch:run" in (with_gui / "entry_points.txt").read_text()
-    assert with_gui.name.startswith("nectar_swarm-") and with_gui.name.endswith(".dist-info")
+    assert with_gui.name == "nectar_swarm-1.2.3.dist-info"
 
 
 def test_the_bundle_finds_the_embedded_model_like_the_app() -> None:
