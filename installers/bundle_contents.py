@@ -62,6 +62,15 @@ DROPPED_FILES = (
         "bitsandbytes/libbitsandbytes_cuda*",
         "bitsandbytes/libbitsandbytes_rocm*",
         "bitsandbytes/libbitsandbytes_xpu*",
+        # CUDA runtime libraries that binary analysis finds for the GPU kernels above (a CUDA toolkit on the build
+        # machine); the dropped kernels were their only users
+        "libcudart*",
+        "libcublas*",
+        "libcusparse*",
+        "libnvrtc*",
+        "libnvJitLink*",
+        "libnccl*",
+        "libcudnn*",
         "PySide6/Qt/translations/*",
         "PySide6/translations/*",
         "PySide6/Qt/qml/*",
@@ -129,7 +138,7 @@ def project_metadata(out_dir: Path, root: Path = ROOT) -> Path:
     dist_info.mkdir(parents=True, exist_ok=True)
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     groups = {"console_scripts": project.get("scripts", {}), **project.get("entry-points", {})}
-    gui_present = (root / "gui" / "__init__.py").is_file()
+    gui_present = has_gui(root)
     lines = []
     for group, entries in groups.items():
         if group.startswith("nectar.gui") and not gui_present:
@@ -139,6 +148,26 @@ def project_metadata(out_dir: Path, root: Path = ROOT) -> Path:
         lines.append("")
     (dist_info / "entry_points.txt").write_text("\n".join(lines))
     return dist_info
+
+
+def has_gui(root: Path = ROOT) -> bool:
+    """Whether the checkout has the tray GUI (``gui/launch.py``, the ``nectar.gui`` entry point's module)."""
+    return (root / "gui" / "launch.py").is_file()
+
+
+def source_modules(package: str, root: Path = ROOT) -> list[str]:
+    """Every module of one of the project's packages, from its files (namespace packages included, nothing imported).
+
+    The spec lists them as hidden imports: the CLI and the GUI import many of them lazily, inside functions.
+    """
+    base = root / package
+    names = []
+    for path in sorted(base.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if "tools" in parts or "__pycache__" in parts:
+            continue  # build-time helpers (gui/tools renders the icons)
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
 
 
 def model_file() -> Path:

@@ -2,8 +2,8 @@
 
 Child processes (the DHT node, the servers, the benchmark) are this executable again with their subcommand
 (``agent/executable.py``). ``freeze_support`` lets a ``spawn``-started multiprocessing child (Windows, macOS) run
-its task instead of the command line. Started without arguments (a double click, the Finder, a login entry) it runs
-the app: ``nectar run``.
+its task instead of the command line. Started without arguments (a double click, the Finder) ``agent.cli`` runs
+the app, as ``nectar run``.
 """
 
 import multiprocessing
@@ -12,8 +12,6 @@ import sys
 
 def main() -> int:
     multiprocessing.freeze_support()
-    if len(sys.argv) == 1:
-        sys.argv.append("run")
     from agent.cli import main as nectar_main
 
     return nectar_main()
