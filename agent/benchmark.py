@@ -16,12 +16,12 @@ import asyncio
 import json
 import logging
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 from agent.api.endpoints import ControlError
 from agent.api.models import BenchmarkAnswer, ComputeMeasure, NetworkMeasure
+from agent.executable import child_command
 from agent.hardware import accelerators, cpu_info, resolve_device
 from agent.paths import AgentPaths, write_private
 from agent.settings import Settings
@@ -119,7 +119,7 @@ class BenchmarkCache:
 
     def measure(self) -> BenchmarkAnswer:
         settings = self.settings().model_dump_json()
-        command = [sys.executable, "-m", "agent", "bench", "--measure-only", "--json", "--settings-json", settings]
+        command = [*child_command(), "bench", "--measure-only", "--json", "--settings-json", settings]
         peers = self.peers()
         if peers:
             command += ["--initial-peers", *peers]

@@ -13,6 +13,7 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
+from agent import autostart
 from agent.chat_terminal import add_chat_command
 from agent.client import AgentClient, AgentNotRunning
 from agent.paths import AgentPaths
@@ -149,6 +150,8 @@ def cmd_config(args: argparse.Namespace) -> int:
                 client.set_settings({args.key: value})
         except AgentNotRunning:
             file.update({args.key: value})
+            if args.key == autostart.SETTING:  # a running agent applies it itself
+                print(f"start at login: {autostart.apply(bool(value))}")
         print(f"{args.key} = {json.dumps(file.get(args.key))}")
         return 0
     loaded = file.load()

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.executable import child_command
+
 READY_PREFIX = "READY "
 
 
@@ -94,7 +96,7 @@ class LocalSwarm:
 
     def _spawn(self, name: str, args: list[str]) -> Child:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agent", *args, "--ready-json"],
+            [*child_command(), *args, "--ready-json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

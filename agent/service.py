@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import filelock
 from fastapi import APIRouter
 
+from agent import autostart
 from agent.activity.base import IdleSource
 from agent.activity.choose import choose_idle_source
 from agent.activity.monitor import ActivityMonitor
@@ -29,6 +30,7 @@ from agent.lending import Lender
 from agent.logs import RedactingFilter, remove_agent_logging, setup_agent_logging
 from agent.paths import AgentPaths
 from agent.secrets import KNOWN_SECRETS, SecretStore
+from agent.settings import Settings
 from agent.settings_file import LoadedSettings, SettingsFile, with_overrides
 from agent.state import AgentState
 from agent.stats import StatsDB
@@ -96,6 +98,7 @@ class Agent:
             for warning in loaded.warnings:
                 logger.warning("%s", warning)
             self.state = AgentState(self.paths, loaded, self.overrides)
+            self.state.settings_listeners.append(self._apply_start_at_login)
             token = load_or_create_token(self.paths.token_file)
             self.chat = ChatService(self.paths, self.state, self._chat_peers)
             app = create_app(self.state, token, [*self.chat.routers(), *self.extra_routers])
@@ -118,6 +121,12 @@ class Agent:
             raise
         logger.info("agent started: data in %s, API at %s", self.paths.data_dir, self.api.url)
         return self
+
+    def _apply_start_at_login(self, old: Settings, new: Settings) -> None:
+        try:
+            autostart.on_settings_changed(old, new)
+        except OSError as error:
+            self.state.record_error(f"could not change the start-at-login entry: {error}")
 
     def add_part(self, part: Part) -> None:
         self.parts.append(part)

@@ -180,6 +180,14 @@ class LogSettings(Group):
     keep: int = setting(5, "rotated log files kept", "files", ge=1, le=100)
 
 
+class DesktopSettings(Group):
+    model_config = ConfigDict(title="Desktop")
+
+    start_at_login: bool = setting(
+        False, "start Nectar when this user logs in (the desktop's own login entry, see agent/autostart.py)"
+    )
+
+
 class Settings(BaseModel):
     """All settings; one attribute per TOML section."""
 
@@ -192,6 +200,7 @@ class Settings(BaseModel):
     api: ApiSettings = Field(default_factory=ApiSettings)
     chat: ChatSettings = Field(default_factory=ChatSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
+    desktop: DesktopSettings = Field(default_factory=DesktopSettings)
 
     def get(self, key: str) -> Any:
         group, name = split_key(key)

@@ -1,7 +1,7 @@
 """One supervisor per child process (the agent's DHT node, its engine server): start, watch, restart, stop.
 
-- The child is ``python -m agent <args> --ready-json``; its ``READY {json}`` line says it is up, every other
-  line goes to the child's rotating log.
+- The child is ``nectar <args> --ready-json`` (``python -m agent``, or the bundle's own executable: see
+  ``agent/executable.py``); its ``READY {json}`` line says it is up, every other line goes to the child's log.
 - It dies with the agent (Linux parent-death signal, as in ``local_swarm``).
 - A crash (an exit nobody asked for) is restarted after a backoff (1 s, 2 s, 4 s ... up to 60 s); ``crash_limit``
   crashes within ``crash_window`` seconds stop it for good with a reason (``failed``), shown by ``nectar status``.
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from agent.executable import child_command
 from agent.local_swarm import READY_PREFIX, _die_with_parent
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class Supervisor:
         self._ready_event.clear()
         self._emit("starting")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", *self.args, "--ready-json"],
+            [*child_command(), *self.args, "--ready-json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

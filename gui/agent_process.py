@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from agent.api.server import ApiAddress
+from agent.executable import child_command
 from agent.paths import AgentPaths
 
 START_LOG = "agent-start.log"
@@ -42,7 +43,7 @@ class AgentProcess:
         if running_agent(self.paths) is not None:
             return False
         self.paths.create()
-        command = [sys.executable, "-m", "agent", "run", "--no-gui", *self.flags]
+        command = [*child_command(), "run", "--no-gui", *self.flags]  # the bundle's own executable when frozen
         options: dict = {}
         if sys.platform == "win32":
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS

@@ -212,4 +212,5 @@ class Welcome(QWizard):
         except OSError as error:
             self.app.report(f"cannot change start at login: {error}")
         mark_welcomed(self.app.paths)
+        changes = {**changes, "desktop.start_at_login": start_at_login}  # the setting records the choice
         self.app.link.call(lambda client: client.set_settings(changes), None, self.app.report)
