@@ -193,17 +193,6 @@ class ChatClient(AgentClient):
             return response.text
         return endpoint.answer.model_validate(response.json())
 
-    def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, url, **options)
-        except httpx.ConnectError:
-            raise AgentNotRunning(f"the agent's API at {self.url} does not answer; is the agent running?") from None
-        except httpx.TimeoutException:
-            raise AgentClientError(f"the agent's API at {self.url} did not answer in time") from None
-        if response.status_code != 200:
-            raise AgentApiError(_error_message(response), response.status_code)
-        return response
-
 
 class Reply:
     """One streamed answer in a stored conversation (see ``ChatClient.reply``)."""

@@ -141,15 +141,19 @@ class AgentClient:
             options["params"] = payload
         elif payload is not None:
             options["json"] = payload
+        return endpoint.answer.model_validate(self._send(endpoint.method, endpoint.path, **options).json())
+
+    def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One request; a dead agent, a timeout and an error answer each become this client's own error."""
         try:
-            response = self._http.request(endpoint.method, endpoint.path, **options)
+            response = self._http.request(method, url, **options)
         except httpx.ConnectError:
             raise AgentNotRunning(f"the agent's API at {self.url} does not answer; is the agent running?") from None
         except httpx.TimeoutException:
             raise AgentClientError(f"the agent's API at {self.url} did not answer in time") from None
         if response.status_code != 200:
             raise AgentApiError(_error_message(response), response.status_code)
-        return endpoint.answer.model_validate(response.json())
+        return response
 
 
 def _request(model: type[BaseModel], **values: Any) -> BaseModel:
