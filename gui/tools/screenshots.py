@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SCREEN = "1280x800x24"
-CHAT_PROMPT = "Write a Python function that adds two numbers, in a code block, then explain it in one sentence."
+CHAT_PROMPT = "What does this function do? Answer in one sentence.\n\n```python\ndef add(a, b):\n    return a + b\n```"
 
 
 def free_display() -> int:
@@ -166,7 +166,7 @@ def drive(out: Path) -> list[Path]:
         chat.send()
         pump(lambda: bool(finished), 600, "the chat answer")
         shots.append(grab(chat, out, "7-chat-answer"))
-        chat.composer.setPlainText("Now do it for three numbers.")
+        chat.composer.setPlainText("Write it for three numbers.")
         chat.send()
         pump(lambda: len(finished) > 1, 600, "the second answer")
         finished.clear()
