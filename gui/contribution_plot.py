@@ -36,11 +36,11 @@ class ContributionPlot(QWidget):
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "nothing lent yet")
             return
         plot = QRectF(40, 22, self.width() - 80, self.height() - 42)
-        most_tokens = max(day.tokens for day in days) or 1
+        most_tokens = max(day.tokens for day in days)
         most_hours = max(max(day.hours_serving for day in days), 1.0)
         width = plot.width() / len(days)
         for index, day in enumerate(days):
-            height = plot.height() * day.tokens / most_tokens
+            height = plot.height() * day.tokens / max(most_tokens, 1)
             painter.fillRect(QRectF(plot.left() + index * width + 1, plot.bottom() - height, width - 2, height), BARS)
         points = QPolygonF(
             [

@@ -243,9 +243,10 @@ class Dashboard(QMainWindow):
         )
         age = f", read {elapsed(swarm.read_at)} ago" if swarm.read_at else ""
         bottleneck = min(swarm.block_throughput, default=0.0)
+        plural = "s" if peers != 1 else ""
         self.swarm_summary.setText(
-            f"Swarm <b>{swarm.name}</b>, model <b>{swarm.model}</b>: {swarm.num_blocks} blocks, {peers} servers, "
-            f"slowest block {bottleneck:.1f} tokens/s; {gaps}{age}"
+            f"Swarm <b>{swarm.name}</b>, model <b>{swarm.model}</b>: {swarm.num_blocks} blocks, "
+            f"{peers} server{plural}, slowest block {bottleneck:.1f} tokens/s; {gaps}{age}"
         )
 
     def show_contribution(self, contribution: Contribution) -> None:

@@ -26,7 +26,10 @@ def icon(name: str):
             result.addFile(str(png))
     if result.isNull():
         svg = ICON_DIR / f"{name}.svg"
-        if not svg.exists():
-            raise FileNotFoundError(f"no icon {name!r} in {ICON_DIR}")
-        result.addFile(str(svg))
+        if svg.exists():
+            result.addFile(str(svg))
+        else:  # an install without assets/: a generic icon rather than no tray at all
+            from PySide6.QtWidgets import QApplication, QStyle
+
+            result = QApplication.style().standardIcon(QStyle.StandardPixmap.SP_ComputerIcon)
     return result

@@ -34,6 +34,7 @@ HELP_STYLE = "color: palette(placeholder-text);"
 INT_LIMIT = 2**31 - 1
 ACRONYMS = {"cpu": "CPU", "gpu": "GPU", "api": "API", "dht": "DHT"}
 _UNIT_SUFFIXES = ("_gb", "_mb", "_seconds", "_minutes", "_percent", "_days")
+_ZERO_MEANS = re.compile(r"\(0: ([^)]+)\)")  # "(0: automatic)" in a help text: the spin box shows "automatic"
 _SERVER_PROBLEM = re.compile(r"([a-z_]+\.[a-z_]+) = (.*?): (.*?)(?=; [a-z_]+\.[a-z_]+ = |$)")
 
 
@@ -114,6 +115,7 @@ class SettingRow(QWidget):
             )
             editor.setSuffix(suffix)
             editor.valueChanged.connect(self._changed)
+            self._zero_text(editor)
         elif info.kind == "float":
             editor = QDoubleSpinBox()
             editor.setDecimals(2)
@@ -122,6 +124,7 @@ class SettingRow(QWidget):
             )
             editor.setSuffix(suffix)
             editor.valueChanged.connect(self._changed)
+            self._zero_text(editor)
         elif info.kind == "choice":
             editor = QComboBox()
             editor.addItems(list(info.choices))
@@ -132,6 +135,12 @@ class SettingRow(QWidget):
                 editor.setPlaceholderText("comma-separated")
             editor.textChanged.connect(self._changed)
         return editor
+
+    def _zero_text(self, editor: QSpinBox | QDoubleSpinBox) -> None:
+        """Where 0 means something ('automatic', 'no limit'), the box says so instead of '0.00 GiB'."""
+        match = _ZERO_MEANS.search(self.info.help)
+        if match and self.info.minimum == 0:
+            editor.setSpecialValueText(match.group(1))
 
     def value(self) -> Any:
         editor, kind = self.editor, self.info.kind

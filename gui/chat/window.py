@@ -472,6 +472,8 @@ class ChatWindow(QMainWindow):
         while self.messages_layout.count() > 1:
             widget = self.messages_layout.takeAt(0).widget()
             if widget is not None:
+                widget.hide()  # gone from the next paint, not only once Qt deletes it
+                widget.setParent(None)
                 widget.deleteLater()
 
     def _follow(self, _low: int, high: int) -> None:
