@@ -97,11 +97,6 @@ def test_config_without_an_agent(home: Path) -> None:
     assert unknown.returncode == 2 and "unknown setting 'compute.turbo'" in unknown.stderr
 
 
-def test_run_without_no_gui_says_how_to_run_headless(home: Path) -> None:
-    result = run_nectar("run")
-    assert result.returncode == 2 and "nectar run --no-gui" in result.stderr
-
-
 def test_bad_flag_value_is_one_line(home: Path) -> None:
     result = run_nectar("run", "--no-gui", "--compute-threads-active", "zero")
     assert result.returncode == 2 and "compute.threads_active" in result.stderr and "Traceback" not in result.stderr
