@@ -82,6 +82,8 @@ DROPPED_FILES = (
         "*/Qt/lib/libQt63D*",
         "*/Qt/lib/libQt6Multimedia*",
         "*/Qt/lib/libQt6Designer*",
+        "*/Qt/lib/libQt6VirtualKeyboard*",  # with its input-context plugin: it needs QML, which is left out
+        "*/Qt/plugins/platforminputcontexts/libqtvirtualkeyboard*",
         "*/Qt/libexec/QtWebEngineProcess*",
         "*/Qt/resources/qtwebengine*",
         "*/Qt/plugins/*/libqtquick*",

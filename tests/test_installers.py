@@ -85,6 +85,7 @@ def test_slim_bundle_drops_gpu_kernels_tests_and_unused_qt() -> None:
         "PySide6/QtWebEngineCore.abi3.so",
         "PySide6/Qt/plugins/multimedia/libffmpegmediaplugin.so",
         "PySide6/Qt/translations/qt_de.qm",
+        "PySide6/Qt/plugins/platforminputcontexts/libqtvirtualkeyboardplugin.so",
     ]
     kept = [
         "bitsandbytes/libbitsandbytes_cpu.so",
