@@ -17,6 +17,8 @@ The agent process:
 - ``api/``: the control API (endpoint table, token auth, FastAPI app, uvicorn thread).
 - ``client.py``: ``AgentClient``, the typed API client shared by the CLI and the GUI.
 - ``logs.py``: rotating logs and their tails.
+- ``executable.py``: how the program starts itself again (``python -m agent`` or the frozen bundle's executable).
+- ``autostart.py``: start at login (XDG autostart, Windows Run key, macOS LaunchAgent) behind one interface.
 
 Swarm helpers:
 - ``local_swarm.py``: ``LocalSwarm``, a DHT node and server processes on this machine (the demo, tests).

@@ -82,6 +82,9 @@ DROPPED_FILES = (
         "*/Qt/lib/libQt63D*",
         "*/Qt/lib/libQt6Multimedia*",
         "*/Qt/lib/libQt6Designer*",
+        "*/Qt/lib/libQt6VirtualKeyboard*",  # with its input-context plugin: it needs QML, which is left out
+        "*/Qt/plugins/platforminputcontexts/libqtvirtualkeyboard*",
+        "*/Qt/plugins/imageformats/libqpdf*",  # needs QtPdf
         "*/Qt/libexec/QtWebEngineProcess*",
         "*/Qt/resources/qtwebengine*",
         "*/Qt/plugins/*/libqtquick*",
@@ -117,7 +120,8 @@ def filter_toc(entries: Iterable[tuple[str, str, str]]) -> tuple[list[tuple[str,
     """Split PyInstaller TOC entries ``(dest, source, kind)``: the kept ones, and how many files and bytes dropped."""
     kept, dropped, dropped_bytes = [], 0, 0
     for entry in entries:
-        if is_dropped(entry[0]):
+        # a SYMLINK entry's source is the bundle path it points to: dropped with its target
+        if is_dropped(entry[0]) or (entry[2] == "SYMLINK" and is_dropped(entry[1])):
             dropped += 1
             source = Path(entry[1])
             dropped_bytes += source.stat().st_size if source.is_file() else 0

@@ -85,6 +85,7 @@ def test_slim_bundle_drops_gpu_kernels_tests_and_unused_qt() -> None:
         "PySide6/QtWebEngineCore.abi3.so",
         "PySide6/Qt/plugins/multimedia/libffmpegmediaplugin.so",
         "PySide6/Qt/translations/qt_de.qm",
+        "PySide6/Qt/plugins/platforminputcontexts/libqtvirtualkeyboardplugin.so",
     ]
     kept = [
         "bitsandbytes/libbitsandbytes_cpu.so",
@@ -100,6 +101,17 @@ def test_slim_bundle_drops_gpu_kernels_tests_and_unused_qt() -> None:
     ]
     assert [path for path in dropped if not contents.is_dropped(path)] == []
     assert [path for path in kept if contents.is_dropped(path)] == []
+
+
+def test_links_to_dropped_libraries_are_dropped_too(tmp_path: Path) -> None:
+    contents = load_bundle_contents()
+    toc = [
+        ("libQt6Pdf.so.6", "PySide6/Qt/lib/libQt6Pdf.so.6", "SYMLINK"),
+        ("libQt6Widgets.so.6", "PySide6/Qt/lib/libQt6Widgets.so.6", "SYMLINK"),
+        ("PySide6/Qt/lib/libQt6Pdf.so.6", str(tmp_path / "missing"), "BINARY"),
+    ]
+    kept, dropped, _ = contents.filter_toc(toc)
+    assert kept == [toc[1]] and dropped == 2
 
 
 def test_bundle_metadata_declares_the_gui_only_when_the_checkout_has_one(tmp_path: Path) -> None:

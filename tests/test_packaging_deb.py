@@ -81,6 +81,8 @@ def test_deb_installs_runs_offline_and_uninstalls_cleanly(tmp_path: Path) -> Non
         assert "Paris" in demo.stdout
 
         assert run(env, "config", "set", "api.port", "0").returncode == 0  # any free port: other agents may run here
+        # other tests' load on this machine is not its owner's work: lend anyway, so the server starts
+        assert run(env, "config", "set", "activity.other_cpu_percent_max", "100").returncode == 0
         exec_start = next(line for line in UNIT.read_text().splitlines() if line.startswith("ExecStart="))
         argv = shlex.split(exec_start.removeprefix("ExecStart="))
         print(f"$ {shlex.join(argv)}  (the unit's ExecStart)")
