@@ -1,7 +1,8 @@
 """ALiBi position biases (BLOOM, Falcon-RW): positions enter attention as a per-head linear bias, not a rotation.
 
-Depends on ``transformers.models.bloom.modeling_bloom._get_alibi_slopes(num_heads, device)`` giving the per-head
-slopes, and on the layers' use of the bias as transformers' own models build it without padding: BLOOM adds
+Depends on ``transformers.models.bloom.modeling_bloom.build_alibi_tensor(attention_mask, num_heads, dtype)``
+(public in every 5.x; the private ``_get_alibi_slopes`` exists only from 5.2x), read at position 1 for the
+per-head slopes, and on the layers' use of the bias as transformers' own models build it without padding: BLOOM adds
 ``slopes * key_index`` (shape (batch * heads, 1, keys)) to the scaled scores through ``alibi.baddbmm`` and expects
 an additive float mask; Falcon's SDPA path takes ``alibi / sqrt(head_dim)`` folded into the float mask it is given.
 The bias uses absolute key indices; softmax's invariance to a constant per row makes that equal to relative ones.
@@ -17,8 +18,9 @@ from engine.hf.layers import modeling_class
 
 
 def alibi_slopes(num_heads: int, device: torch.device) -> torch.Tensor:
-    slopes = modeling_class("transformers.models.bloom.modeling_bloom", "_get_alibi_slopes")
-    return slopes(num_heads, device)
+    """The per-head slopes (float32): BLOOM's bias for one sequence, (heads, 1, keys), at key index 1."""
+    build = modeling_class("transformers.models.bloom.modeling_bloom", "build_alibi_tensor")
+    return build(torch.ones(1, 2, device=device), num_heads, torch.float32)[:, 0, 1]
 
 
 def bloom_alibi(num_heads: int, batch: int, keys: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
