@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_helpers import ManualIdle, start_agent
+from agent_helpers import ManualIdle, start_agent, wait_for
 from conftest import TEST_ENV, make_tiny_checkpoint
 from test_fault_tolerance import KILL_AT, NEW_TOKENS, PROMPT, assert_same_generation, greedy
 
@@ -21,14 +20,6 @@ from engine.client.model import DistributedCausalLM
 from engine.records import ServerState
 
 NUM_BLOCKS = 8
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 def records_of(model: DistributedCausalLM, peer: str) -> list:

@@ -11,20 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_helpers import start_agent
+from agent_helpers import start_agent, wait_for
 from conftest import TEST_ENV
 
 from agent.activity.base import NullIdle
 from agent.cli_agent import format_status
 from agent.supervisor import ChildEvent, Supervisor
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
