@@ -267,10 +267,10 @@ def test_terminal_chat_streams_and_ctrl_c_stops_only_the_answer(served: Served) 
 
     def wait_for(text: str, after: int = 0, timeout: float = 90) -> int:
         deadline = time.monotonic() + timeout
-        while text not in "".join(output)[after:]:
+        while (found := "".join(output).find(text, after)) < 0:
             assert child.poll() is None and time.monotonic() < deadline, "".join(output)
             time.sleep(0.05)
-        return len("".join(output))
+        return found + len(text)  # where the text ends: what arrived with it is still ahead of the mark
 
     try:
         expected = served.expected(QUESTION, 300)
