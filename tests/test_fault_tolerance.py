@@ -23,6 +23,7 @@ from agent.local_swarm import LocalSwarm
 from engine import wire
 from engine.client.bans import BanList
 from engine.client.config import ClientSettings
+from engine.client.generation import GenerationSettings, generate
 from engine.client.model import DistributedCausalLM
 from engine.client.router import RetryBudget, is_server_fault
 from engine.client.routing import MissingBlocksError
@@ -192,6 +193,40 @@ def test_generation_survives_killed_servers_and_names_missing_blocks(local_swarm
     finally:
         model.close()
         batched.close()
+
+
+@pytest.mark.slow
+def test_speculative_generation_equals_plain_greedy_with_a_server_killed_mid_generation(
+    local_swarm, checkpoint30: Path
+) -> None:
+    """Rejected proposals are rolled back on every server, and a replacement server replays only kept tokens."""
+    swarm = local_swarm(checkpoint30, [(0, 15), (15, 30), (15, 30)])
+    model = connect(swarm, checkpoint30, step_timeout=20, max_retries=3)
+    prompt = PROMPT[0] * 3  # a repeated prompt: n-gram lookup has something to propose from the start
+    steps, sessions = 0, []
+    open_session = model.inference_session
+
+    def recorded_session(**options) -> InferenceSession:
+        sessions.append(open_session(**options))
+        return sessions[-1]
+
+    def kill_at_third_step() -> bool:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            swarm.kill(victim_of(sessions[-1], swarm), signal.SIGKILL)
+        return False
+
+    try:
+        plain = generate(model, prompt, GenerationSettings(max_new_tokens=24, draft_tokens=0), stop_token_ids=set())
+        settings = GenerationSettings(max_new_tokens=24, draft_tokens=4)
+        fast = generate(model, prompt, settings, stop_token_ids=set())
+        assert fast.tokens == plain.tokens and fast.accepted > 0 and fast.steps < plain.steps
+        model.inference_session = recorded_session  # type: ignore[method-assign]
+        survived = generate(model, prompt, settings, stop_token_ids=set(), should_stop=kill_at_third_step)
+        assert survived.tokens == plain.tokens and steps == survived.steps and sessions[-1].recoveries == 1
+    finally:
+        model.close()
 
 
 @pytest.mark.slow
