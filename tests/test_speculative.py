@@ -9,7 +9,7 @@ tests (with a server killed mid-generation) are in ``test_fault_tolerance.py``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
@@ -51,7 +51,7 @@ def test_sampled_acceptance_draws_exactly_from_the_target(proposal: str | None) 
     target_logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     draft_probabilities = torch.softmax(torch.tensor([-1.0, 0.0, 3.0, 0.0, 1.0, 0.0]), dim=-1)
     counts: Counter[int] = Counter()
-    draws = 20000
+    draws = 8000
     for _ in range(draws):
         if proposal is None:
             draft = Draft([2])  # a fixed guess: a point mass on an unlikely-ish token
@@ -86,6 +86,15 @@ def assert_distribution(counts: Counter, expected: dict, draws: int, min_p_value
 # --- the generation loop on a tiny model ----------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Thousands of tiny steps: one torch thread avoids thread hand-offs that cost more than the arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalGenerationLM, LocalCausalLM]:
     """A tiny random Llama (vocab 128) and another one as a draft model sharing its vocabulary."""
@@ -99,20 +108,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalGenerationLM, L
 
 def test_speculative_greedy_equals_plain_greedy(tiny) -> None:
     model, draft_model = tiny
-    prompts = [PROMPT, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], list(range(20, 40)) + list(range(20, 30))]
+    prompts = [PROMPT, list(range(20, 40)) + list(range(20, 30))]
     for prompt in prompts:
-        plain = generate(model, prompt, GenerationSettings(max_new_tokens=40, draft_tokens=0), stop_token_ids=set())
-        assert plain.steps == 40 and plain.drafted == 0
-        for drafter in (None, ModelDrafter(draft_model)):
-            for draft_tokens in (1, 4, 8):
-                settings = GenerationSettings(max_new_tokens=40, draft_tokens=draft_tokens)
-                fast = generate(model, prompt, settings, stop_token_ids=set(), drafter=drafter)
-                assert fast.tokens == plain.tokens, (prompt, draft_tokens, drafter)
-                assert fast.steps + fast.accepted == len(fast.tokens)
-    # a random model's greedy text soon repeats itself: n-gram lookup then proposes the repetition
-    settings = GenerationSettings(max_new_tokens=40, draft_tokens=4)
-    fast = generate(model, PROMPT, settings, stop_token_ids=set())
-    assert fast.accepted > 0 and fast.steps < 40
+        plain = generate(model, prompt, GenerationSettings(max_new_tokens=32, draft_tokens=0), stop_token_ids=set())
+        assert plain.steps == 32 and plain.drafted == 0
+        for drafter, draft_tokens in ((None, 1), (None, 4), (ModelDrafter(draft_model), 5)):
+            settings = GenerationSettings(max_new_tokens=32, draft_tokens=draft_tokens)
+            fast = generate(model, prompt, settings, stop_token_ids=set(), drafter=drafter)
+            assert fast.tokens == plain.tokens, (prompt, draft_tokens, drafter)
+            assert fast.steps + fast.accepted == len(fast.tokens) and fast.drafted > 0
+            if drafter is None and draft_tokens == 4:
+                # a random model's greedy text soon repeats itself: n-gram lookup then proposes the repetition
+                assert fast.accepted > 0 and fast.steps < plain.steps
 
 
 def exact_joint(model: LocalGenerationLM, prompt: Sequence[int], settings: GenerationSettings) -> dict:
@@ -140,7 +147,7 @@ def test_speculative_sampling_keeps_the_models_distribution(tiny, drafter: str) 
     model, draft_model = tiny
     settings = GenerationSettings(max_new_tokens=2, do_sample=True, temperature=0.7, top_k=6, draft_tokens=2)
     expected = exact_joint(model, PROMPT, settings)
-    draws, counts, drafted = 1500, Counter(), 0
+    draws, counts, drafted = 1000, Counter(), 0
     for seed in range(draws):
         settings.seed = seed
         proposer = ModelDrafter(draft_model, settings.processors(len(PROMPT))) if drafter == "model" else None

@@ -119,6 +119,21 @@ class ModelDrafter:
         return self._logits
 
 
+def load_draft_model(name: str, target_config) -> ModelDrafter:
+    """A ``ModelDrafter`` over the model ``name`` (as ``resolve_model`` finds it), refused unless it shares the
+    target's vocabulary (a draft token must mean the same text to both)."""
+    from engine.client.local import LocalCausalLM
+    from engine.weights import resolve_model
+
+    source = resolve_model(name)
+    if source.config.vocab_size != target_config.vocab_size:
+        raise ValueError(
+            f"draft model {name} has a vocabulary of {source.config.vocab_size} tokens, the model "
+            f"{target_config.vocab_size}: a draft model must share the model's tokenizer"
+        )
+    return ModelDrafter(LocalCausalLM(source))
+
+
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
     length = 0
     for a, b in zip(first, second, strict=False):
