@@ -87,7 +87,13 @@ def stream_answer(model_name: str, initial_peers: list[str], prompt: str, args: 
             tuned = load_trained(args.prompts, model)
         adapter = getattr(args, "adapter", None)
         on_text = lambda text: print(text, end="", flush=True)  # noqa: E731
-        result = generate(tuned, input_ids, settings, tokenizer, on_text=on_text, adapter=adapter)
+        drafter = None
+        if getattr(args, "draft_model", None):
+            from engine.client.speculative import load_draft_model
+
+            drafter = load_draft_model(args.draft_model, model.config)
+            drafter.processors = settings.processors(len(input_ids)) if settings.do_sample else None
+        result = generate(tuned, input_ids, settings, tokenizer, on_text=on_text, adapter=adapter, drafter=drafter)
         print(flush=True)
         return result
     finally:
@@ -98,7 +104,13 @@ def _print_stats(result) -> None:
     print(
         f"route: {' -> '.join(result.route)}\n"
         f"{len(result.tokens)} tokens, {result.tokens_per_second:.1f} tokens/s, "
-        f"first token after {result.time_to_first_token:.2f} s, stopped by {result.stop_reason}",
+        f"first token after {result.time_to_first_token:.2f} s, stopped by {result.stop_reason}"
+        + (
+            f"\nspeculative decoding: {result.accepted} of {result.drafted} proposed tokens kept, "
+            f"{result.tokens_per_step:.2f} tokens per trip along the chain"
+            if result.drafted
+            else ""
+        ),
         file=sys.stderr,
     )
 
@@ -220,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dht-prefix", default=None)
     gen.add_argument("--prompts", default=None, help="trained prompts (.safetensors) from `nectar finetune`")
     gen.add_argument("--adapter", default=None, help="LoRA adapter the servers apply (default: none)")
+    gen.add_argument(
+        "--draft-model",
+        default=None,
+        help="a small local model sharing the tokenizer that proposes tokens for speculative decoding "
+        "(default: proposals from text seen before)",
+    )
     _add_generation_options(gen)
     add_dataclass_options(gen, ClientSettings)
     gen.set_defaults(run=cmd_generate)

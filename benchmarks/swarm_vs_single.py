@@ -67,7 +67,7 @@ def measure_swarm(source, input_ids: list[int], new_tokens: int, repeats: int, s
     with LocalSwarm(DEFAULT_MODEL, spans) as swarm:
         model = DistributedCausalLM.connect(DEFAULT_MODEL, swarm.initial_peers)
         try:
-            settings = GenerationSettings(max_new_tokens=new_tokens)
+            settings = GenerationSettings(max_new_tokens=new_tokens, draft_tokens=0)  # as transformers decodes
             generate(model, input_ids, GenerationSettings(max_new_tokens=4), stop_token_ids=set())  # warm-up
             results = [generate(model, input_ids, settings, stop_token_ids=set()) for _ in range(repeats)]
 

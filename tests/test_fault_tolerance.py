@@ -1,7 +1,7 @@
 """Fault tolerance: bans, retry budgets and server draining (fast), then real server processes killed (SIGKILL),
 hung (SIGSTOP) or stopped (SIGTERM) in the middle of a generation or a training step (slow).
 
-The slow tests run a DHT node, a server for blocks 0:15 and two or three servers for 15:30 of a tiny random
+The slow tests run a DHT node, a server for blocks 0:15 and two to four servers for 15:30 of a tiny random
 30-block Llama on 127.0.0.1. The client's outputs (logits of every generated token, gradients) must be bit for bit
 those of a run without failure: replayed steps keep their original positions and shapes.
 """
@@ -23,6 +23,7 @@ from agent.local_swarm import LocalSwarm
 from engine import wire
 from engine.client.bans import BanList
 from engine.client.config import ClientSettings
+from engine.client.generation import GenerationSettings, generate
 from engine.client.model import DistributedCausalLM
 from engine.client.router import RetryBudget, is_server_fault
 from engine.client.routing import MissingBlocksError
@@ -162,9 +163,39 @@ def assert_same_generation(expected, got) -> None:
         assert torch.equal(want, have)
 
 
+def check_speculative_generation_with_a_kill(swarm: LocalSwarm, model: DistributedCausalLM) -> None:
+    """Speculative greedy text equals plain greedy text, also when the server of 15:30 is killed mid-generation:
+    rejected proposals are rolled back on every server, and the replacement replays only the kept tokens."""
+    prompt = PROMPT[0] * 3  # a repeated prompt: n-gram lookup has something to propose from the start
+    steps, sessions = 0, []
+    open_session = model.inference_session
+
+    def recorded_session(**options) -> InferenceSession:
+        sessions.append(open_session(**options))
+        return sessions[-1]
+
+    def kill_at_third_step() -> bool:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            swarm.kill(victim_of(sessions[-1], swarm), signal.SIGKILL)
+        return False
+
+    plain = generate(model, prompt, GenerationSettings(max_new_tokens=24, draft_tokens=0), stop_token_ids=set())
+    settings = GenerationSettings(max_new_tokens=24, draft_tokens=4)
+    fast = generate(model, prompt, settings, stop_token_ids=set())
+    assert fast.tokens == plain.tokens and fast.accepted > 0 and fast.steps < plain.steps
+    model.inference_session = recorded_session  # type: ignore[method-assign]
+    try:
+        survived = generate(model, prompt, settings, stop_token_ids=set(), should_stop=kill_at_third_step)
+    finally:
+        model.inference_session = open_session  # type: ignore[method-assign]
+    assert survived.tokens == plain.tokens and steps == survived.steps and sessions[-1].recoveries == 1
+
+
 @pytest.mark.slow
 def test_generation_survives_killed_servers_and_names_missing_blocks(local_swarm, checkpoint30: Path) -> None:
-    swarm = local_swarm(checkpoint30, [(0, 15), (15, 30), (15, 30), (15, 30)])
+    swarm = local_swarm(checkpoint30, [(0, 15), (15, 30), (15, 30), (15, 30), (15, 30)])
     model = connect(swarm, checkpoint30, step_timeout=20, max_retries=3)
     batched = connect(swarm, checkpoint30, step_timeout=20, max_retries=3, batched_replay=True)
     killed: list[int] = []
@@ -174,6 +205,7 @@ def test_generation_survives_killed_servers_and_names_missing_blocks(local_swarm
         swarm.kill(killed[-1], signal.SIGKILL)
 
     try:
+        check_speculative_generation_with_a_kill(swarm, model)  # kills one of the four servers of 15:30
         expected = greedy(model)
         got = greedy(model, {KILL_AT: kill})
         assert_same_generation(expected, got)  # exact replay: bit for bit

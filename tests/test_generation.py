@@ -32,6 +32,9 @@ class LocalSession:
         self.position += hidden.shape[1]
         return output
 
+    def rollback(self, length: int) -> None:
+        self.position = length  # the next step's position rolls the span's cache back
+
     def __enter__(self) -> LocalSession:
         return self
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.client.model import DistributedCausalLM
+from engine.client.speculative import Draft, Drafter, NgramDrafter, accept, processed_scores
 from engine.hf.sampling import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -16,6 +17,8 @@ from engine.hf.sampling import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+MAX_DRAFT_TOKENS = 32
 
 
 @dataclass
@@ -42,6 +45,13 @@ class GenerationSettings:
     )
     stop_strings: list[str] = field(default_factory=list, metadata={"help": "stop when the text contains one of these"})
     seed: int | None = field(default=None, metadata={"help": "random seed of sampling (default: unseeded)"})
+    draft_tokens: int = field(
+        default=4,
+        metadata={
+            "help": "speculative decoding: most tokens proposed per step (from text seen before, or a draft model) "
+            "and checked in one trip along the chain; the output is the same (0: off)"
+        },
+    )
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -54,6 +64,8 @@ class GenerationSettings:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition penalty must be positive, got {self.repetition_penalty}")
+        if not 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"draft tokens must be between 0 and {MAX_DRAFT_TOKENS}, got {self.draft_tokens}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name.replace('_', ' ')} must be between -2 and 2, got {getattr(self, name)}")
@@ -98,6 +110,13 @@ class GenerationResult:
     time_to_first_token: float  # seconds from the call to the first new token
     seconds: float  # seconds for the whole call
     route: list[str]  # "start:end@peer" of each server used
+    steps: int = 0  # trips along the chain (with speculative decoding, one step may yield several tokens)
+    drafted: int = 0  # tokens proposed by speculative decoding
+    accepted: int = 0  # proposed tokens the model agreed with
+
+    @property
+    def tokens_per_step(self) -> float:
+        return len(self.tokens) / self.steps if self.steps else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -140,12 +159,15 @@ def generate(
     stop_token_ids: set[int] | None = None,
     adapter: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    drafter: Drafter | None = None,
 ) -> GenerationResult:
     """Generate after ``input_ids`` through the swarm; ``on_text`` receives each new piece of text.
 
     ``model`` may also be a prompt-tuned module (``engine.client.ptune``); ``adapter`` names a LoRA adapter.
     ``should_stop`` is asked before every step: True ends the generation there (its session closes at once,
-    so the servers free its caches), e.g. when the reader of a stream went away.
+    so the servers free its caches), e.g. when the reader of a stream went away. With ``settings.draft_tokens``,
+    each step also checks tokens proposed by ``drafter`` (default: n-gram lookup in the text so far); see
+    ``engine.client.speculative``.
     """
     settings.validate()
     if not input_ids:
@@ -160,36 +182,73 @@ def generate(
     new_tokens: list[int] = []
     streamer = _TextStreamer(tokenizer, settings.stop_strings, on_text)
     first_token_at, reason = 0.0, "length"
+    steps = drafted = accepted = 0
     max_length = len(input_ids) + settings.max_new_tokens
     session_options = {} if adapter is None else {"adapter": adapter}
     with torch.inference_mode(), model.inference_session(max_length=max_length, **session_options) as session:
+        if settings.draft_tokens and drafter is None and hasattr(session, "rollback"):
+            drafter = NgramDrafter()
+        proposal = _ProposalLength(settings.draft_tokens if hasattr(session, "rollback") else 0)
         step_input = sequence
-        for _ in range(settings.max_new_tokens):
+        while len(new_tokens) < settings.max_new_tokens:
             if should_stop is not None and should_stop():
                 reason = "cancelled"
                 break
-            hidden = session.step(model.embed(step_input))
-            scores = processors(sequence, model.logits(hidden[:, -1]).float())
-            if settings.do_sample:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
-            else:
-                token = scores.argmax(dim=-1, keepdim=True)
+            room = settings.max_new_tokens - len(new_tokens) - 1  # the step's own token comes on top of a draft
+            draft = Draft([])
+            if drafter is not None and min(room, proposal.length) > 0:
+                draft = drafter.propose(sequence[0].tolist(), min(room, proposal.length), settings.do_sample, generator)
+            fed = torch.cat([step_input, torch.tensor([draft.tokens], dtype=torch.long)], dim=1)
+            hidden = session.step(model.embed(fed))
+            steps += 1
+            logits = model.logits(hidden[0, -len(draft.tokens) - 1 :])
+            scores = processed_scores(processors, sequence, draft, logits)
+            tokens, kept = accept(scores, draft, settings.do_sample, generator)
+            if draft.tokens:
+                drafted, accepted = drafted + len(draft.tokens), accepted + kept
+                proposal.update(len(draft.tokens), kept)
+                if kept < len(draft.tokens):
+                    session.rollback(session.position - (len(draft.tokens) - kept))
             if not new_tokens:
                 first_token_at = time.perf_counter() - began
-            token_id = int(token)
-            new_tokens.append(token_id)
-            sequence = torch.cat([sequence, token], dim=1)
-            step_input = token
-            if token_id in stops:
-                reason = "eos"
+            for token_id in tokens:
+                new_tokens.append(token_id)
+                sequence = torch.cat([sequence, torch.tensor([[token_id]])], dim=1)
+                if token_id in stops:
+                    reason = "eos"
+                    break
+                if streamer.push(new_tokens):
+                    reason = "stop_string"
+                    break
+            if reason != "length":
                 break
-            if streamer.push(new_tokens):
-                reason = "stop_string"
-                break
+            step_input = sequence[:, -1:]
         route = [f"{hop.start}:{hop.end}@{hop.peer_id[-8:]}" for hop in session.route]
     return GenerationResult(
-        new_tokens, streamer.finish(new_tokens), reason, first_token_at, time.perf_counter() - began, route
+        new_tokens,
+        streamer.finish(new_tokens),
+        reason,
+        first_token_at,
+        time.perf_counter() - began,
+        route,
+        steps,
+        drafted,
+        accepted,
     )
+
+
+class _ProposalLength:
+    """How many tokens to propose: grows while every proposal is accepted, halves when none is, so a drafter
+    that guesses badly costs little compute and one that guesses well gets to propose more."""
+
+    def __init__(self, limit: int):
+        self.limit = self.length = limit
+
+    def update(self, proposed: int, kept: int) -> None:
+        if kept == proposed:
+            self.length = min(self.limit, self.length + 1)
+        elif kept == 0:
+            self.length = max(1, self.length // 2)
 
 
 class _TextStreamer:

@@ -147,6 +147,13 @@ class TunedSession:
         self.started = True
         return output[:, self.prefix_length :]
 
+    @property
+    def position(self) -> int:
+        return self.session.position - self.prefix_length
+
+    def rollback(self, length: int) -> None:
+        self.session.rollback(length + self.prefix_length)
+
     def close(self) -> None:
         self.session.close()
 

@@ -175,6 +175,16 @@ def merge_steps(history: History, max_bytes: int = wire.MAX_MESSAGE_BYTES // 8) 
     return merged
 
 
+def truncate_history(history: History, length: int) -> History:
+    """The steps of ``history`` cut to the positions before ``length``."""
+    kept: History = []
+    for position, hidden in history:
+        if position >= length:
+            break
+        kept.append((position, hidden[:, : length - position]))
+    return kept
+
+
 @dataclass
 class HopState:
     """One hop of a session's chain: its open stream and every input sent through it (for a replay)."""
@@ -241,6 +251,15 @@ class InferenceSession:
         output = self.swarm.run(self._step(hidden))
         self.position += hidden.shape[1]
         return output
+
+    def rollback(self, length: int) -> None:
+        """Forget every token from position ``length`` on (rejected speculative tokens): the next step is written
+        there, and each server rolls its cache back when it sees that step's position. Nothing is sent now."""
+        if not 0 <= length <= self.position:
+            raise ValueError(f"cannot roll back to {length}: the session holds {self.position} tokens")
+        self.position = length
+        for state in self.hops:
+            state.history = truncate_history(state.history, length)
 
     async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
         budget = RetryBudget(self.max_retries)
