@@ -70,10 +70,10 @@ def _measure_network(settings: Settings, initial_peers: list[str]) -> NetworkMea
 async def _network(settings: Settings, initial_peers: list[str]) -> NetworkMeasure:
     import numpy as np
     import torch
-    from hivemind.dht.node import DHTNode
-    from hivemind.p2p import P2P, PeerID
+    from hivemind.p2p import PeerID
     from hivemind.proto import runtime_pb2
 
+    from engine.peer import join_swarm
     from engine.records import default_dht_prefix
     from engine.server import placement
     from engine.server.server import resolve_dtype
@@ -83,8 +83,7 @@ async def _network(settings: Settings, initial_peers: list[str]) -> NetworkMeasu
     config = resolve_model(settings.swarm.model).config
     prefix = settings.swarm.dht_prefix or default_dht_prefix(settings.swarm.model)
     dtype = resolve_dtype(settings.compute.dtype, resolve_device(settings.compute.device))
-    p2p = await P2P.create(initial_peers=initial_peers)
-    node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers, client_mode=True)
+    p2p, node, _ = await join_swarm(initial_peers, client_mode=True)
     try:
         me = p2p.peer_id.to_base58()
         peers = await placement.peers_in_swarm(node, prefix, config.num_hidden_layers, me, np.random.default_rng())

@@ -3,7 +3,9 @@
 Each block ``i`` of a model has the DHT key ``{prefix}.{i}``; under it every server holding the block stores
 a record in its own subkey (its peer id), with an expiry. A server refreshes its records periodically and
 stores ``offline`` when it stops, so clients forget it at once instead of when the record expires.
-Records are validated when read and unknown fields are ignored, so peers of different versions mix.
+Records are validated when read and unknown fields are ignored, so peers of different versions mix. Every DHT
+node also checks that each record is signed by the peer it names (``engine.signed_records``): the DHT node of a
+server signs what ``announce`` stores with the server's identity key.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from hivemind.p2p import P2P
 from engine import records
 from engine.client.config import ClientSettings
 from engine.client.router import Router
+from engine.peer import join_swarm
 from engine.records import ServerRecord
 from engine.wire import MAX_MESSAGE_BYTES
 
@@ -50,8 +51,7 @@ class SwarmConnection:
 
     @staticmethod
     async def _start(initial_peers: list[str]) -> tuple[P2P, DHTNode]:
-        p2p = await P2P.create(initial_peers=initial_peers, persistent_conn_max_msg_size=MAX_MESSAGE_BYTES)
-        node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers, client_mode=True)
+        p2p, node, _ = await join_swarm(initial_peers, client_mode=True, persistent_conn_max_msg_size=MAX_MESSAGE_BYTES)
         return p2p, node
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
