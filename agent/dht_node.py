@@ -15,10 +15,16 @@ async def run_dht_node(
     initial_peers: list[str] | None = None,
     identity_path: str | None = None,
     on_ready: Callable[[list[str]], None] | None = None,
+    swarm_key: bytes | None = None,
 ) -> None:
-    """Serve the DHT until SIGINT/SIGTERM; ``on_ready`` gets the multiaddrs that others join with."""
+    """Serve the DHT (of a private swarm, with ``swarm_key``) until SIGINT/SIGTERM; ``on_ready`` gets the multiaddrs
+    that others join with."""
     p2p, node, _ = await join_swarm(
-        initial_peers or [], client_mode=False, identity_path=identity_path, host_maddrs=[f"/ip4/{host}/tcp/{port}"]
+        initial_peers or [],
+        client_mode=False,
+        identity_path=identity_path,
+        swarm_key=swarm_key,
+        host_maddrs=[f"/ip4/{host}/tcp/{port}"],
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

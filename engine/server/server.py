@@ -36,6 +36,7 @@ from engine.server.span_host import SpanHost
 from engine.server.span_size import choose_num_blocks
 from engine.server.throughput import NetworkProbe, announced_throughput, parse_throughput, server_throughput
 from engine.signed_records import MAX_RECORD_TTL
+from engine.swarm_key import load_swarm_key
 from engine.weights import resolve_model
 from engine.wire import MAX_MESSAGE_BYTES
 
@@ -78,6 +79,7 @@ class Server:
             raise ValueError(f"--record-ttl must be in (0, {MAX_RECORD_TTL:.0f}] seconds, got {settings.record_ttl}")
         check_quantization(settings.quant)
         self.settings = settings
+        self.swarm_key = load_swarm_key(settings.swarm_key) if settings.swarm_key else None
         self.limits = settings.limits()
         self.mode = parse_throughput(settings.throughput)
         self.source = resolve_model(settings.model)
@@ -134,6 +136,7 @@ class Server:
             client_mode=False,
             signing=True,
             identity_path=self.settings.identity_path,
+            swarm_key=self.swarm_key,
             host_maddrs=[f"/ip4/{self.settings.host}/tcp/{self.settings.port}"],
             persistent_conn_max_msg_size=MAX_MESSAGE_BYTES,
         )
