@@ -57,6 +57,16 @@ def new_swarm_key() -> str:
     return KEY_HEADER + secrets.token_hex(32) + "\n"
 
 
+def swarm_key_text(secret: str) -> str:
+    """A key file's text from what a user stored as the secret: a key file's text, or its 64 hex digits alone."""
+    lines = [line.strip() for line in secret.strip().splitlines()]
+    digits = lines[-1] if lines else ""
+    hexadecimal = len(digits) == 64 and all(char in "0123456789abcdefABCDEF" for char in digits)
+    if lines[:-1] not in ([], KEY_HEADER.split()) or not hexadecimal:
+        raise SwarmKeyError("a swarm key is 64 hexadecimal digits, or a key file from `nectar dht --new-swarm-key`")
+    return KEY_HEADER + digits.lower() + "\n"
+
+
 def load_swarm_key(path: str | os.PathLike) -> bytes:
     """The 32 secret bytes of a swarm key file, or a ``SwarmKeyError`` that says what is wrong with it."""
     try:
