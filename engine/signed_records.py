@@ -46,7 +46,7 @@ class SignedRecordValidator(RecordValidatorBase):
         return msgpack.packb([record.value, self.key.public_bytes, signature])
 
     def validate(self, record: DHTRecord) -> bool:
-        if record.expiration_time > get_dht_time() + MAX_RECORD_TTL + MAX_CLOCK_SKEW:
+        if not record.expiration_time <= get_dht_time() + MAX_RECORD_TTL + MAX_CLOCK_SKEW:  # NaN fails too
             return False
         peer = _subkey_peer(record.subkey)
         parts = _unpack(record.value)
