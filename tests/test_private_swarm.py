@@ -18,6 +18,7 @@ from hivemind.p2p.p2p_daemon_bindings.utils import P2PHandlerError
 from hivemind.proto import runtime_pb2
 from hivemind.utils import get_dht_time
 from hivemind.utils.asyncio import as_aiter
+from hivemind.utils.multiaddr import Multiaddr
 from swarm_helpers import RawStream, forward, wait_covered
 
 from agent.cli import main
@@ -29,6 +30,7 @@ from engine.models.span import load_span
 from engine.peer import SwarmJoinError
 from engine.records import ServerRecord, ServerState, block_key, default_dht_prefix
 from engine.swarm_key import GuardedP2P, NotAMember, SwarmKeyError, load_swarm_key, new_swarm_key
+from engine.swarm_view import read_view
 from engine.weights import resolve_model
 
 pytestmark = pytest.mark.slow
@@ -105,6 +107,9 @@ async def outsider_attempts(swarm: Swarm, key: bytes | None) -> dict[str, object
     p2p = await (P2P if key is None else GuardedP2P).create(initial_peers=swarm.local.initial_peers)
     if key is not None:
         await p2p.guard(key)
+    server = swarm.local.servers[0].ready
+    maddrs = [Multiaddr(addr.rsplit("/p2p/", 1)[0]) for addr in server["maddrs"]]
+    await p2p._client.connect(PeerID.from_base58(swarm.server), maddrs)  # so refusals, not dialing, are tested
     outcome: dict[str, object] = {}
 
     async def attempt(name: str, coroutine) -> None:
@@ -156,3 +161,8 @@ def test_an_outsider_can_neither_read_nor_write_nor_call(swarm: Swarm, which: st
         wait_covered(member, NUM_BLOCKS)
         records = member.run(member.read_blocks(0, NUM_BLOCKS), 60)
         assert {record.peer_id for items in records.values() for record in items} == {swarm.server}
+
+
+def test_nectar_swarm_reads_a_private_swarm_with_its_key(swarm: Swarm) -> None:
+    view = read_view(swarm.local.initial_peers, swarm.prefix, NUM_BLOCKS, swarm_key=str(swarm.key))
+    assert view.uncovered == [] and [span.peer_id for span in view.spans] == [swarm.server]
