@@ -31,12 +31,17 @@ logger = logging.getLogger(__name__)
 MEASURE_TIMEOUT = 900.0
 
 
-def measure_machine(settings: Settings, initial_peers: list[str] | None = None) -> BenchmarkAnswer:
-    """Measure now (loads one block of the model: seconds to a minute)."""
+def measure_machine(
+    settings: Settings, initial_peers: list[str] | None = None, swarm_key: str | None = None
+) -> BenchmarkAnswer:
+    """Measure now (loads one block of the model: seconds to a minute); ``swarm_key``: a private swarm's key file."""
     answer = BenchmarkAnswer(measured_at=time.time(), age_s=0.0, accelerators=accelerators(), cpu=cpu_info())
     answer.compute = _measure_compute(settings)
     peers = initial_peers if initial_peers is not None else settings.swarm.initial_peers
-    answer.network = _measure_network(settings, peers) if peers else NetworkMeasure(detail="no swarm peers to measure")
+    if peers:
+        answer.network = _measure_network(settings, peers, swarm_key)
+    else:
+        answer.network = NetworkMeasure(detail="no swarm peers to measure")
     return answer
 
 
@@ -60,31 +65,32 @@ def _measure_compute(settings: Settings) -> ComputeMeasure:
     )
 
 
-def _measure_network(settings: Settings, initial_peers: list[str]) -> NetworkMeasure:
+def _measure_network(settings: Settings, initial_peers: list[str], swarm_key: str | None) -> NetworkMeasure:
     try:
-        return asyncio.run(_network(settings, initial_peers))
+        return asyncio.run(_network(settings, initial_peers, swarm_key))
     except Exception as error:  # an unreachable swarm is a result, not a failure of the benchmark
         return NetworkMeasure(detail=f"could not reach the swarm: {error}")
 
 
-async def _network(settings: Settings, initial_peers: list[str]) -> NetworkMeasure:
+async def _network(settings: Settings, initial_peers: list[str], swarm_key: str | None) -> NetworkMeasure:
     import numpy as np
     import torch
-    from hivemind.dht.node import DHTNode
-    from hivemind.p2p import P2P, PeerID
+    from hivemind.p2p import PeerID
     from hivemind.proto import runtime_pb2
 
+    from engine.peer import join_swarm
     from engine.records import default_dht_prefix
     from engine.server import placement
     from engine.server.server import resolve_dtype
     from engine.server.throughput import NetworkProbe, measure_network
+    from engine.swarm_key import load_swarm_key
     from engine.weights import resolve_model
 
     config = resolve_model(settings.swarm.model).config
     prefix = settings.swarm.dht_prefix or default_dht_prefix(settings.swarm.model)
     dtype = resolve_dtype(settings.compute.dtype, resolve_device(settings.compute.device))
-    p2p = await P2P.create(initial_peers=initial_peers)
-    node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers, client_mode=True)
+    key = load_swarm_key(swarm_key) if swarm_key else None
+    p2p, node, _ = await join_swarm(initial_peers, client_mode=True, swarm_key=key)
     try:
         me = p2p.peer_id.to_base58()
         peers = await placement.peers_in_swarm(node, prefix, config.num_hidden_layers, me, np.random.default_rng())

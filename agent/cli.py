@@ -23,13 +23,19 @@ def _ready(enabled: bool, info: dict) -> None:
 
 def cmd_dht(args: argparse.Namespace) -> int:
     from agent.dht_node import run_dht_node
+    from engine.swarm_key import load_swarm_key, new_swarm_key
+
+    if args.new_swarm_key:
+        print(new_swarm_key(), end="")
+        return 0
+    swarm_key = load_swarm_key(args.swarm_key) if args.swarm_key else None
 
     def on_ready(maddrs: list[str]) -> None:
         print("DHT node is running. Join it with:", file=sys.stderr)
         print("  --initial-peers " + " ".join(maddrs), file=sys.stderr, flush=True)
         _ready(args.ready_json, {"maddrs": maddrs})
 
-    asyncio.run(run_dht_node(args.host, args.port, args.initial_peers, args.identity_path, on_ready))
+    asyncio.run(run_dht_node(args.host, args.port, args.initial_peers, args.identity_path, on_ready, swarm_key))
     return 0
 
 
@@ -56,7 +62,8 @@ def cmd_swarm(args: argparse.Namespace) -> int:
         from engine.weights import resolve_model
 
         num_blocks = resolve_model(args.model).config.num_hidden_layers
-    view = read_view(args.initial_peers, args.dht_prefix or default_dht_prefix(args.model), num_blocks)
+    prefix = args.dht_prefix or default_dht_prefix(args.model)
+    view = read_view(args.initial_peers, prefix, num_blocks, swarm_key=args.swarm_key)
     print(json.dumps(view.to_dict(), indent=1) if args.json else format_view(view))
     return 0
 
@@ -144,7 +151,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     try:
         path, losses = finetune_file(
-            args.model, args.initial_peers, args.data, settings, args.out, args.dht_prefix, on_progress
+            args.model, args.initial_peers, args.data, settings, args.out, args.dht_prefix, on_progress, args.swarm_key
         )
     finally:
         for bar in bars:
@@ -210,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     dht.add_argument("--port", type=int, default=0)
     dht.add_argument("--initial-peers", nargs="*", default=[])
     dht.add_argument("--identity-path", default=None)
+    dht.add_argument("--swarm-key", default=None, help="swarm key file: only peers holding it may use this swarm")
+    dht.add_argument(
+        "--new-swarm-key",
+        action="store_true",
+        help="print a new swarm key and exit (save it to a file, e.g. `nectar dht --new-swarm-key > swarm.key`, "
+        "and hand it to the swarm's members)",
+    )
     dht.set_defaults(run=cmd_dht)
 
     serve = commands.add_parser("serve", help="serve a span of a model's blocks")
@@ -223,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     swarm.add_argument("--dht-prefix", default=None)
     swarm.add_argument("--num-blocks", type=int, default=None, help="blocks of the model (default: from its config)")
     swarm.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    swarm.add_argument("--swarm-key", default=None, help="swarm key file of a private swarm")
     swarm.set_defaults(run=cmd_swarm)
 
     gen = commands.add_parser("generate", help="generate text through a swarm")
@@ -248,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--data", required=True, help='JSONL: {"prompt", "completion"} or {"text"} per line')
     tune.add_argument("--out", default="prompts.safetensors", help="where to save the trained prompts")
     tune.add_argument("--dht-prefix", default=None)
+    tune.add_argument("--swarm-key", default=None, help="swarm key file of a private swarm")
     add_dataclass_options(tune, FinetuneSettings)
     tune.set_defaults(run=cmd_finetune)
 

@@ -196,7 +196,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             settings = Settings.model_validate_json(args.settings_json)
         else:
             settings = SettingsFile(paths.config_file).load().settings
-        benchmark.print_json(benchmark.measure_machine(settings, args.initial_peers))
+        benchmark.print_json(benchmark.measure_machine(settings, args.initial_peers, paths.swarm_key()))
         return 0
     try:
         with AgentClient.connect(paths) as client:
@@ -207,7 +207,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         stale = answer.age_s is None or answer.age_s > settings.compute.benchmark_max_age_days * 86400
         if args.refresh or stale:
             print("measuring (loads one block of the model)...", file=sys.stderr, flush=True)
-            answer = benchmark.measure_machine(settings)
+            answer = benchmark.measure_machine(settings, swarm_key=paths.swarm_key())
             benchmark.save(paths.create(), answer)
     if args.json:
         benchmark.print_json(answer)

@@ -6,8 +6,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 
-from hivemind.dht.node import DHTNode
-from hivemind.p2p import P2P
+from engine.peer import join_swarm
 
 
 async def run_dht_node(
@@ -16,12 +15,17 @@ async def run_dht_node(
     initial_peers: list[str] | None = None,
     identity_path: str | None = None,
     on_ready: Callable[[list[str]], None] | None = None,
+    swarm_key: bytes | None = None,
 ) -> None:
-    """Serve the DHT until SIGINT/SIGTERM; ``on_ready`` gets the multiaddrs that others join with."""
-    p2p = await P2P.create(
-        initial_peers=initial_peers or [], host_maddrs=[f"/ip4/{host}/tcp/{port}"], identity_path=identity_path
+    """Serve the DHT (of a private swarm, with ``swarm_key``) until SIGINT/SIGTERM; ``on_ready`` gets the multiaddrs
+    that others join with."""
+    p2p, node, _ = await join_swarm(
+        initial_peers or [],
+        client_mode=False,
+        identity_path=identity_path,
+        swarm_key=swarm_key,
+        host_maddrs=[f"/ip4/{host}/tcp/{port}"],
     )
-    node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers or [])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -154,7 +154,8 @@ class Lender:
             try:
                 if num_blocks is None:
                     num_blocks = resolve_model(swarm.model).config.num_hidden_layers
-                view = read_view(self.initial_peers, swarm.dht_prefix or default_dht_prefix(swarm.model), num_blocks)
+                prefix = swarm.dht_prefix or default_dht_prefix(swarm.model)
+                view = read_view(self.initial_peers, prefix, num_blocks, swarm_key=self.paths.swarm_key())
             except Exception as error:  # an unreachable swarm is shown as unknown, never a crash
                 logger.info("could not read the swarm: %s", error)
                 self.state.update_swarm(servers=None, coverage=None)
@@ -189,6 +190,7 @@ class Lender:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             port = int(json.loads(remembered.read_text())["port"])
         args = ["dht", "--host", "127.0.0.1", "--port", str(port), "--identity-path", str(self.paths.identity_file)]
+        args += self._swarm_key_args()
         dht_log = _child_logger("nectar.dht", self.paths.dht_log, settings, self.redact)
         self.dht = Supervisor("dht", args, dht_log)
         self.dht.want_running(True)
@@ -231,7 +233,11 @@ class Lender:
             args += ["--memory-budget", str(compute.memory_budget_gb)]
         if compute.threads_idle:
             args += ["--num-threads", str(compute.threads_idle)]
-        return args
+        return args + self._swarm_key_args()
+
+    def _swarm_key_args(self) -> list[str]:
+        key = self.paths.swarm_key()
+        return ["--swarm-key", key] if key else []
 
     def _on_server_event(self, index: int, event: ChildEvent) -> None:
         if event.state in ("stopped", "crashed"):

@@ -57,9 +57,12 @@ class LocalSwarm:
         start_timeout: float = 300.0,
         echo: bool = False,
         log_dir: Path | None = None,
+        dht_args: Sequence[str] = (),
     ):
-        """``log_dir``, if given, receives each child's whole output as ``<name>.log`` (``dht``, ``server0``...)."""
+        """``log_dir``, if given, receives each child's whole output as ``<name>.log`` (``dht``, ``server0``...);
+        ``dht_args`` go to ``nectar dht`` (a private swarm's ``--swarm-key``)."""
         self.model, self.spans, self.server_args = model, list(spans), list(server_args)
+        self.dht_args = list(dht_args)
         self.log_dir = log_dir
         self.env = {**os.environ, **(env or {})}
         self.start_timeout, self.echo = start_timeout, echo
@@ -74,7 +77,7 @@ class LocalSwarm:
 
     def start(self) -> LocalSwarm:
         try:
-            self.dht = self._spawn("dht", ["dht"])
+            self.dht = self._spawn("dht", ["dht", *self.dht_args])
             self._wait_ready([self.dht])
             for span in self.spans:
                 self.add_server(span, wait=False)

@@ -69,6 +69,15 @@ class AgentPaths:
         return self.data_dir / "identity.key"
 
     @property
+    def swarm_key_file(self) -> Path:
+        """The private swarm's key (0600), written from the ``swarm_key`` secret for the agent's children."""
+        return self.data_dir / "swarm.key"
+
+    def swarm_key(self) -> str | None:
+        """The swarm key file to pass as ``--swarm-key``, or None in an open swarm."""
+        return str(self.swarm_key_file) if self.swarm_key_file.is_file() else None
+
+    @property
     def secrets_file(self) -> Path:
         """Fallback secret store (0600) where no keyring backend exists."""
         return self.data_dir / "secrets.json"

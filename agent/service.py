@@ -28,7 +28,7 @@ from agent.benchmark import BenchmarkCache
 from agent.chat.service import ChatService
 from agent.lending import Lender
 from agent.logs import RedactingFilter, remove_agent_logging, setup_agent_logging
-from agent.paths import AgentPaths
+from agent.paths import AgentPaths, write_private
 from agent.secrets import KNOWN_SECRETS, SecretStore
 from agent.settings import Settings
 from agent.settings_file import LoadedSettings, SettingsFile, with_overrides
@@ -165,11 +165,29 @@ class Agent:
             self.redact.add(value)
             if name == "hf_token" and value:
                 env["HF_TOKEN"] = value  # for gated models; never logged (the filter replaces it with ***)
+            if name == "swarm_key":
+                self._write_swarm_key(value)
         self.lender = Lender(self.state, self.stats, env, self.redact)
         factory = self.idle_source_factory or choose_idle_source
         self.monitor = ActivityMonitor(self.state, self.lender.own_pids, self.lender.server_memory_gb, factory)
         self.parts += [self.monitor, self.lender]  # the first mode is known before the server starts; it drains first
         self.parts.append(SwarmWatcher(self.state, self._swarm_peers))  # after the lender: it knows the peers
+
+    def _write_swarm_key(self, value: str | None) -> None:
+        """The key file the agent's DHT node, servers and client use; none (an open swarm) without the secret."""
+        from engine.swarm_key import SwarmKeyError, swarm_key_text
+
+        path = self.paths.swarm_key_file
+        if not value:
+            path.unlink(missing_ok=True)
+            return
+        try:
+            text = swarm_key_text(value)
+        except SwarmKeyError as error:
+            path.unlink(missing_ok=True)
+            self.state.record_error(f"the private swarm key is unusable: {error}")
+            return
+        write_private(path, text)
 
     def run(self) -> None:
         """Block until SIGTERM, SIGINT or the API's stop (signal handlers only from the main thread)."""

@@ -8,7 +8,13 @@ Map of the package:
 - ``packaged_models.py``: aliases of models that Python packages ship as GGUF files (assembled from parts once).
 - ``quantization.py``: int8 / nf4 blocks with bitsandbytes, quantized as they load; precision order for clients.
 - ``hf/``: every place that leans on transformers internals, one module per concern.
-- ``records.py``: the DHT record that a server announces for each block, and reading the swarm's coverage.
+- ``records.py``: the DHT record that a server announces for each block (numbers clipped to plausible ranges), and
+  reading the swarm's coverage.
+- ``peer.py``: ``join_swarm``, the one way servers, clients and bootstrap nodes start their P2P daemon and DHT node.
+- ``identity.py``: a peer's libp2p RSA key (``PeerKey``) and peer ids computed from public keys.
+- ``signed_records.py``: ``SignedRecordValidator``, which every DHT node runs: a record is accepted only when the peer
+  it names signed it, and never with a far-future expiry.
+- ``swarm_key.py``: private swarms: key files and ``GuardedP2P``, which serves and calls only peers holding the key.
 - ``wire.py``: the RPC message format (tensors plus msgpack metadata) and the errors that cross the wire.
 - ``server/``: a server process (block backend, cache budget, RPC handler, announcer, throughput, placement).
 - ``client/``: routing, inference sessions, remote forward/backward, the distributed causal LM and generation.

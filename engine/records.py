@@ -3,7 +3,9 @@
 Each block ``i`` of a model has the DHT key ``{prefix}.{i}``; under it every server holding the block stores
 a record in its own subkey (its peer id), with an expiry. A server refreshes its records periodically and
 stores ``offline`` when it stops, so clients forget it at once instead of when the record expires.
-Records are validated when read and unknown fields are ignored, so peers of different versions mix.
+Records are validated when read and unknown fields are ignored, so peers of different versions mix. Every DHT
+node also checks that each record is signed by the peer it names (``engine.signed_records``): the DHT node of a
+server signs what ``announce`` stores with the server's identity key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "0.1.0"
 _TEXT_FIELDS = ("peer_id", "dtype", "quantization", "version")
+
+# The most a record may claim; larger claims are clipped to these. No server comes near them (a fast GPU on a tiny
+# model does ~1e5 tokens/s), and capped numbers keep every sum of them finite: one record announcing 1e308 tokens/s
+# cannot take all traffic, and two cannot make a weighted choice overflow.
+MAX_THROUGHPUT = 1e6  # tokens/s per block
+MAX_INFERENCE_RPS = 1e5  # one-token steps/s per block
+MAX_CACHE_TOKENS = 2**31  # free attention-cache tokens; also the largest max_request_tokens
+_LIMITS = {
+    "throughput": MAX_THROUGHPUT,
+    "inference_rps": MAX_INFERENCE_RPS,
+    "free_cache_tokens": MAX_CACHE_TOKENS,
+    "max_request_tokens": MAX_CACHE_TOKENS,
+}
+
+
+def plausible(value: Any, limit: float) -> float | None:
+    """``value`` as a number in [0, limit] (larger ones clipped), or None for NaN, negatives and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or value < 0:
+        return None
+    return min(float(value), float(limit))
 
 
 class ServerState(StrEnum):
@@ -58,7 +80,10 @@ class ServerRecord:
 
     @classmethod
     def from_dict(cls, raw: Any) -> ServerRecord | None:
-        """A validated record, or None for a malformed one (a lying or broken peer must not break clients)."""
+        """A validated record, or None for a malformed one (a lying or broken peer must not break clients).
+
+        Numbers past the plausible limits are clipped to them; NaN, negative or non-numeric ones drop the record.
+        """
         if not isinstance(raw, dict):
             return None
         known = {item.name for item in dataclasses.fields(cls)}
@@ -66,19 +91,22 @@ class ServerRecord:
         try:
             values["state"] = ServerState(values["state"])
             values["adapters"] = tuple(str(name) for name in values.get("adapters", ()))
+            for name in ("free_cache_tokens", "max_request_tokens"):
+                if name in values and not isinstance(values[name], int):
+                    return None  # a float here would be a count that is not one
+            for name, limit in _LIMITS.items():
+                if name in values:
+                    value = plausible(values[name], limit)
+                    if value is None:
+                        return None
+                    values[name] = value if name in ("throughput", "inference_rps") else int(value)
             record = cls(**values)
             if not (isinstance(record.start, int) and isinstance(record.end, int) and 0 <= record.start < record.end):
                 return None
             if not all(isinstance(getattr(record, name), str) for name in _TEXT_FIELDS):
                 return None
-            for name in ("throughput", "inference_rps"):  # NaN or inf would break routing's weighted choice
-                value = getattr(record, name)
-                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-                    return None
-            for name, least in (("free_cache_tokens", 0), ("max_request_tokens", 1)):
-                value = getattr(record, name)
-                if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                    return None
+            if record.max_request_tokens < 1:
+                return None
         except (KeyError, TypeError, ValueError):
             return None
         return record

@@ -138,10 +138,14 @@ def format_view(view: SwarmView) -> str:
     return "\n".join(lines)
 
 
-def read_view(initial_peers: Sequence[str], prefix: str, num_blocks: int, timeout: float = 60.0) -> SwarmView:
-    """Connect as a client, read every block's records once, and build the view."""
-    from engine.client.swarm import SwarmConnection  # the network stack only when a view is read
+def read_view(
+    initial_peers: Sequence[str], prefix: str, num_blocks: int, timeout: float = 60.0, swarm_key: str | None = None
+) -> SwarmView:
+    """Connect as a client (to a private swarm with the key file ``swarm_key``), read every block's records once,
+    and build the view."""
+    from engine.client.config import ClientSettings  # the network stack only when a view is read
+    from engine.client.swarm import SwarmConnection
 
-    with SwarmConnection(initial_peers, prefix) as swarm:
+    with SwarmConnection(initial_peers, prefix, settings=ClientSettings(swarm_key=swarm_key)) as swarm:
         blocks = swarm.run(swarm.read_blocks(0, num_blocks), timeout=timeout)
     return build_view(prefix, num_blocks, blocks)

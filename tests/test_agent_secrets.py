@@ -85,3 +85,31 @@ def test_child_logs_are_redacted_too(tmp_path: Path) -> None:
     log.info("a child printed %s", TOKEN)
     text = (tmp_path / "server.log").read_text()
     assert TOKEN not in text and "a child printed ***" in text
+
+
+@pytest.mark.parametrize("stored", ["KEYFILE", "HEX"])
+def test_the_swarm_key_secret_becomes_a_private_key_file(tmp_path: Path, stored: str) -> None:
+    """The agent writes the ``swarm_key`` secret (a key file's text, or its 64 hex digits) to a 0600 file for its
+    DHT node, servers and client, and removes the file when the secret is gone or unusable."""
+    from types import SimpleNamespace
+
+    from agent.paths import AgentPaths
+    from agent.service import Agent
+    from engine.swarm_key import load_swarm_key, new_swarm_key
+
+    key_file = new_swarm_key()
+    value = key_file if stored == "KEYFILE" else key_file.splitlines()[-1]
+    paths = AgentPaths(tmp_path / "c", tmp_path / "d", tmp_path / "k", tmp_path / "l")
+    errors: list[str] = []
+    agent = SimpleNamespace(paths=paths, state=SimpleNamespace(record_error=errors.append))
+    assert paths.swarm_key() is None
+    Agent._write_swarm_key(agent, value)
+    assert paths.swarm_key() == str(paths.swarm_key_file)
+    assert stat.S_IMODE(paths.swarm_key_file.stat().st_mode) == 0o600
+    assert load_swarm_key(paths.swarm_key_file) == bytes.fromhex(key_file.splitlines()[-1])
+    Agent._write_swarm_key(agent, "not a key")
+    assert paths.swarm_key() is None and "swarm key is unusable" in errors[0]
+    assert "not a key" not in errors[0]  # a secret's value never reaches a message
+    Agent._write_swarm_key(agent, value)
+    Agent._write_swarm_key(agent, None)
+    assert paths.swarm_key() is None

@@ -60,7 +60,6 @@ def test_missing_optional_fields_take_defaults() -> None:
         {"peer_id": "p", "start": 0, "end": 4, "state": "online", "adapters": 5},
         # numbers that would break routing or chunking on the client
         {"peer_id": "p", "start": 0, "end": 4, "state": "online", "throughput": float("nan")},
-        {"peer_id": "p", "start": 0, "end": 4, "state": "online", "throughput": float("inf")},
         {"peer_id": "p", "start": 0, "end": 4, "state": "online", "inference_rps": True},
         {"peer_id": "p", "start": 0, "end": 4, "state": "online", "free_cache_tokens": "lots"},
         {"peer_id": "p", "start": 0, "end": 4, "state": "online", "free_cache_tokens": -3},

@@ -28,7 +28,7 @@ class ChatService:
         after the API)."""
         self.paths, self.state, self.initial_peers = paths, state, initial_peers
         self.store = ConversationStore(paths.chat_db)
-        self.warm = WarmModel(lambda: state.settings, initial_peers, state.owner_request)
+        self.warm = WarmModel(lambda: state.settings, initial_peers, state.owner_request, paths.swarm_key)
         state.chat_status = self.status
 
     def routers(self) -> list[APIRouter]:

@@ -45,9 +45,12 @@ class WarmModel:
         settings: Callable[[], Settings],
         initial_peers: Callable[[], list[str]],
         owner_request: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        swarm_key: Callable[[], str | None] = lambda: None,
     ):
-        """``owner_request`` wraps each job: the owner's own generation is never throttled (``AgentState``)."""
+        """``owner_request`` wraps each job: the owner's own generation is never throttled (``AgentState``);
+        ``swarm_key`` gives the private swarm's key file (None in an open swarm)."""
         self.settings, self.initial_peers, self.owner_request = settings, initial_peers, owner_request
+        self.swarm_key = swarm_key
         self.state = "cold"  # cold, loading, ready, failed
         self.detail = ""
         self.active = 0
@@ -117,7 +120,7 @@ class WarmModel:
         wait = settings.chat.wait_seconds
         # a step may take longer than the wait (a long prompt's prefill on a CPU server): the wait bounds the first
         # answer (openai_api.py), the step timeout only says when a server counts as failed
-        client = ClientSettings(step_timeout=max(60.0, wait), dht_timeout=min(10.0, wait))
+        client = ClientSettings(step_timeout=max(60.0, wait), dht_timeout=min(10.0, wait), swarm_key=self.swarm_key())
         try:
             model = DistributedCausalLM.connect(key[0], list(key[1]), key[2] or None, settings=client)
         except USER_ERRORS as error:

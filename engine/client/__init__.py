@@ -11,6 +11,7 @@
 - ``answers.py``: ``check_answer`` (shape, dtype, finite) and ``BadAnswer``; ``wire_dtype``, the dtype hidden states
   travel in to a server (its own when 16-bit).
 - ``pinger.py``: ``Pinger``, smoothed round trips to servers, refreshed in the background.
+- ``speeds.py``: ``SpeedBook``, each server's throughput as measured by this client; routing believes no more than it.
 - ``bans.py``: ``BanList``, servers that failed, avoided for a time that doubles with each failure in a row.
 - ``session.py``: ``InferenceSession``, a generation's attention caches held along a chain of ``HopState`` (an
   ``InferenceStream`` and its inputs); on a server failure it replays a hop's remembered inputs at their positions

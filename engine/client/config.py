@@ -46,6 +46,12 @@ class ClientSettings:
         },
     )
 
+    swarm_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "swarm key file of a private swarm (the swarm's owner makes it with `nectar dht --new-swarm-key`)"
+        },
+    )
     min_precision: str = field(
         default="nf4",
         metadata={

@@ -275,18 +275,23 @@ def finetune_file(
     out: str | Path,
     dht_prefix: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    swarm_key: str | None = None,
 ) -> tuple[Path, list[float]]:
-    """``nectar finetune``: check the data, join the swarm, train, save; returns the saved file and the losses.
+    """``nectar finetune``: check the data, join the swarm (private with the key file ``swarm_key``), train, save;
+    returns the saved file and the losses.
 
     The data is read and tokenized before joining the swarm, so a bad file fails at once.
     """
+    from engine.client.config import ClientSettings
     from engine.client.model import DistributedCausalLM
     from engine.weights import resolve_model
 
     settings.validate()
     tokenizer = resolve_model(model_name).tokenizer()
     examples = load_examples(data, tokenizer, settings.max_length)
-    model = DistributedCausalLM.connect(model_name, initial_peers, dht_prefix)
+    model = DistributedCausalLM.connect(
+        model_name, initial_peers, dht_prefix, settings=ClientSettings(swarm_key=swarm_key)
+    )
     try:
         tuning = make_tuning(model, settings)
         losses = train(tuning, examples, settings, on_progress, pad_id=pad_token_id(tokenizer))

@@ -18,6 +18,7 @@ server without it (a replacement, or after evicting it) recomputes, with the sam
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ class RemoteBlocks(nn.Module):
             )
         backward = protocol == wire.BACKWARD_PROTOCOL
         results: list[list[torch.Tensor]] = []
+        began = time.perf_counter()
         for first in range(0, rows, per_chunk):
             chunk = [tensor[first : first + per_chunk] for tensor in batch]
             expected = [chunk[0].shape]
@@ -139,6 +141,8 @@ class RemoteBlocks(nn.Module):
                 if backward:
                     expected.append(chunk[-1].shape)
             results.append(await self._call(hop, protocol, chunk, expected, options.metadata(hop, first)))
+        if not backward:  # what the server delivered, which routing believes over what it announces
+            self.router.speeds.observe(hop.record, rows * tokens, hop.end - hop.start, time.perf_counter() - began)
         # outputs are batch-first, except deep-prompt gradients: (blocks, batch, prefix, hidden)
         return [
             torch.cat(parts, dim=1 if index == 1 and prompts is not None else 0)

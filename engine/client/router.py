@@ -25,6 +25,7 @@ from engine.client.routing import (
     precise_enough,
     serving_adapter,
 )
+from engine.client.speeds import SpeedBook
 from engine.records import ServerRecord, ServerState, spans_of
 from engine.wire import RemoteError
 
@@ -53,6 +54,7 @@ class Router:
         self.bans = BanList(settings.ban_base, settings.ban_max)
         self.pinger = Pinger(swarm.p2p, settings.ping_period, settings.ping_timeout, settings.rtt_smoothing)
         self.rng = rng or random.Random()
+        self.speeds = SpeedBook()  # measured throughputs: routing believes no more than these
         self._last_view: dict[int, list[ServerRecord]] = {}
 
     async def view(self, start: int, end: int) -> dict[int, list[ServerRecord]]:
@@ -112,7 +114,7 @@ class Router:
             missing = missing_blocks(precise, start, end)
             if missing:
                 raise MissingBlocksError(missing, f"no server there has weights at least as precise as {minimum}")
-        return self._with_adapter(precise, start, end, adapter)
+        return self.speeds.trusted_blocks(self._with_adapter(precise, start, end, adapter))
 
     @staticmethod
     def _with_adapter(

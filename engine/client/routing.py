@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.quantization import at_least
-from engine.records import ServerRecord, ServerState
+from engine.records import MAX_INFERENCE_RPS, MAX_THROUGHPUT, ServerRecord, ServerState, plausible
 
 # Added to a hop's cost to avoid a server unless nothing else covers its blocks. Bans outweigh a lack of cache:
 # a banned server failed, a server short of cache only announced so up to one announce period ago.
@@ -85,7 +85,7 @@ def make_route(
         candidates = [record for record in blocks[position] if _usable(record, banned)]
         reach = max(min(record.end, end) for record in candidates)
         farthest = [record for record in candidates if min(record.end, end) == reach]
-        chosen = rng.choices(farthest, weights=[max(record.throughput, 1e-6) for record in farthest])[0]
+        chosen = rng.choices(farthest, weights=[_share(record) for record in farthest])[0]
         route.append(Hop(chosen.peer_id, position, reach, chosen))
         position = reach
     return route
@@ -93,7 +93,7 @@ def make_route(
 
 def hop_cost(record: ServerRecord, num_blocks: int, rtt: float) -> float:
     """Expected seconds one generated token spends on this hop: the round trip plus the blocks' compute."""
-    return rtt + num_blocks / max(record.inference_rps, 1e-9)
+    return rtt + num_blocks / max(plausible(record.inference_rps, MAX_INFERENCE_RPS) or 0.0, 1e-9)
 
 
 def inference_route(
@@ -173,6 +173,12 @@ def precise_enough(blocks: Mapping[int, Sequence[ServerRecord]], minimum: str) -
         index: [record for record in records if at_least(record.quantization, minimum)]
         for index, records in blocks.items()
     }
+
+
+def _share(record: ServerRecord) -> float:
+    """A server's weight in the choice among equivalent ones: its throughput, kept finite and positive whatever a
+    record says (weights that sum to inf or NaN make ``random.choices`` raise)."""
+    return max(plausible(record.throughput, MAX_THROUGHPUT) or 0.0, 1e-6)
 
 
 def _usable(record: ServerRecord, excluded: Collection[str]) -> bool:

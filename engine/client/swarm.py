@@ -17,7 +17,9 @@ from hivemind.p2p import P2P
 from engine import records
 from engine.client.config import ClientSettings
 from engine.client.router import Router
+from engine.peer import join_swarm
 from engine.records import ServerRecord
+from engine.swarm_key import load_swarm_key
 from engine.wire import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
@@ -42,16 +44,18 @@ class SwarmConnection:
         self._thread = threading.Thread(target=self.loop.run_forever, name="nectar-swarm", daemon=True)
         self._thread.start()
         try:
-            self.p2p, self.node = self.run(self._start(list(initial_peers)), timeout=start_timeout)
+            swarm_key = load_swarm_key(self.settings.swarm_key) if self.settings.swarm_key else None
+            self.p2p, self.node = self.run(self._start(list(initial_peers), swarm_key), timeout=start_timeout)
         except BaseException:
             self._stop_loop()
             raise
         self.router = Router(self, self.settings)
 
     @staticmethod
-    async def _start(initial_peers: list[str]) -> tuple[P2P, DHTNode]:
-        p2p = await P2P.create(initial_peers=initial_peers, persistent_conn_max_msg_size=MAX_MESSAGE_BYTES)
-        node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers, client_mode=True)
+    async def _start(initial_peers: list[str], swarm_key: bytes | None) -> tuple[P2P, DHTNode]:
+        p2p, node, _ = await join_swarm(
+            initial_peers, client_mode=True, swarm_key=swarm_key, persistent_conn_max_msg_size=MAX_MESSAGE_BYTES
+        )
         return p2p, node
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

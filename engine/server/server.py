@@ -17,7 +17,9 @@ import torch
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
+from engine.identity import PeerKey
 from engine.models.registry import get_family
+from engine.peer import join_swarm
 from engine.quantization import check_quantization
 from engine.records import ServerRecord, ServerState, default_dht_prefix
 from engine.server import placement
@@ -33,6 +35,8 @@ from engine.server.settings import ServerSettings, settings_fields
 from engine.server.span_host import SpanHost
 from engine.server.span_size import choose_num_blocks
 from engine.server.throughput import NetworkProbe, announced_throughput, parse_throughput, server_throughput
+from engine.signed_records import MAX_RECORD_TTL
+from engine.swarm_key import load_swarm_key
 from engine.weights import resolve_model
 from engine.wire import MAX_MESSAGE_BYTES
 
@@ -71,8 +75,11 @@ class Server:
         if not settings.new_swarm and not settings.initial_peers:
             raise ValueError("give --initial-peers ADDR to join a swarm, or --new-swarm to start one")
         placement.check_settings(settings)
+        if not 0 < settings.record_ttl <= MAX_RECORD_TTL:
+            raise ValueError(f"--record-ttl must be in (0, {MAX_RECORD_TTL:.0f}] seconds, got {settings.record_ttl}")
         check_quantization(settings.quant)
         self.settings = settings
+        self.swarm_key = load_swarm_key(settings.swarm_key) if settings.swarm_key else None
         self.limits = settings.limits()
         self.mode = parse_throughput(settings.throughput)
         self.source = resolve_model(settings.model)
@@ -89,6 +96,7 @@ class Server:
         self.rng = np.random.default_rng()
         self.p2p: P2P | None = None
         self.node: DHTNode | None = None
+        self.key: PeerKey | None = None  # signs this server's records
         self.host: SpanHost | None = None
         self.servicer: BlockServicer | None = None
         self.executor: PriorityExecutor | None = None
@@ -123,14 +131,16 @@ class Server:
         if self.settings.num_threads:
             torch.set_num_threads(self.settings.num_threads)
         length = self._span_length()
-        self.p2p = await P2P.create(
-            initial_peers=self.settings.initial_peers,
-            host_maddrs=[f"/ip4/{self.settings.host}/tcp/{self.settings.port}"],
+        self.p2p, self.node, self.key = await join_swarm(
+            self.settings.initial_peers,
+            client_mode=False,
+            signing=True,
             identity_path=self.settings.identity_path,
+            swarm_key=self.swarm_key,
+            host_maddrs=[f"/ip4/{self.settings.host}/tcp/{self.settings.port}"],
             persistent_conn_max_msg_size=MAX_MESSAGE_BYTES,
         )
         try:
-            self.node = await DHTNode.create(p2p=self.p2p, initial_peers=self.settings.initial_peers, client_mode=False)
             await self._load(length)
         except BaseException:
             await self._shutdown()

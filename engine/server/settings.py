@@ -95,6 +95,9 @@ class ServerSettings:
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)"})
     identity_path: str | None = field(default=None, metadata={"help": "private key file: a stable peer id"})
+    swarm_key: str | None = field(
+        default=None, metadata={"help": "swarm key file of a private swarm (from `nectar dht --new-swarm-key`)"}
+    )
     drain_timeout: float = field(
         default=30.0, metadata={"help": "seconds a leaving server waits for the steps in flight before it exits"}
     )
