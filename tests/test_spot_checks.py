@@ -147,3 +147,48 @@ def test_generation_catches_a_liar_and_keeps_the_honest_text(checkpoint: Path, h
     finally:
         model.close()
     assert result.tokens == greedy_reference(load_reference(checkpoint), PROMPT, NEW_TOKENS)
+
+
+def reference_vjp(checkpoint: Path, embeds: torch.Tensor, grad_output: torch.Tensor):
+    """One process's output of the 4 blocks and the gradient of their input for ``grad_output``."""
+    reference = load_reference(checkpoint).requires_grad_(False)
+    hidden = embeds.detach().clone().requires_grad_(True)
+    position_ids = torch.arange(embeds.shape[1])[None]
+    rotary = reference.model.rotary_emb(hidden, position_ids)
+    output = hidden
+    for layer in reference.model.layers:
+        output = layer(output, position_ids=position_ids, position_embeddings=rotary)
+    output.backward(grad_output)
+    return output.detach(), hidden.grad
+
+
+@pytest.mark.slow
+def test_training_catches_a_liar_in_forward_and_in_backward(checkpoint: Path, honest: LocalSwarm, liar: str) -> None:
+    torch.manual_seed(0)
+    model = connect(checkpoint, honest)
+    model.swarm.router.rng = PreferPeer(liar)  # forward/backward routing offers the liar first
+    try:
+        embeds = model.embed(torch.tensor([PROMPT])).detach().requires_grad_(True)
+        output = model.blocks(embeds)
+        router = model.swarm.router
+        assert router.bans.is_banned(liar) and router.spot.stats.banned == 1
+        assert [hop.peer_id for hop in model.blocks.last_route] != [liar]
+        grad_output = torch.randn_like(output)
+        output.backward(grad_output)
+        expected_output, expected_grad = reference_vjp(checkpoint, embeds, grad_output)
+        assert_close(output, expected_output)
+        assert_close(embeds.grad, expected_grad)
+    finally:
+        model.close()
+
+    # a backward sent to the liar (a new connection: not banned, not verified) is checked and comes out honest
+    model = connect(checkpoint, honest)
+    try:
+        records = model.swarm.run(model.swarm.read_blocks(0, 4))[0]
+        liar_hop = Hop(liar, 0, 4, next(record for record in records if record.peer_id == liar))
+        hidden = embeds.detach()
+        grad, _ = model.swarm.run(model.blocks.run_backward(grad_output, [liar_hop], [hidden], None))
+        assert model.swarm.router.bans.is_banned(liar) and model.swarm.router.spot.stats.banned == 1
+        assert_close(grad, expected_grad)
+    finally:
+        model.close()

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from engine import wire
-from engine.client.answers import BadAnswer
 from engine.client.router import RetryBudget, describe_error, is_server_fault
 from engine.client.routing import Hop, MissingBlocksError
 from engine.client.shadow import ShadowChain
-from engine.client.spot_check import Verdict
+from engine.client.spot_check import Verdict, lie
 from engine.client.stream import IDLE_MARGIN, History, InferenceStream, merge_steps
 from engine.client.swarm import SwarmConnection
 
@@ -266,32 +265,17 @@ class InferenceSession:
         what = f"blocks {hop.start}:{hop.end} on server {hop.peer_id[-8:]}"
         verdict = await spot.settle([output], [second], third_opinion, what)
         deciders = third[0].peers if third else []
-        if verdict == Verdict.AGREED:
-            spot.trusted([hop.peer_id, *shadow.peers])
-        elif verdict == Verdict.VERIFIER_LIED:
-            spot.trusted([hop.peer_id, *deciders])
+        liars = spot.judged(verdict, hop.peer_id, shadow.peers, deciders)
+        if verdict == Verdict.VERIFIER_LIED:
             for stream in shadow.streams:
-                self._liar(stream.hop, [hop.peer_id, *deciders])
+                self.router.failed(stream.hop, lie(stream.hop))
             shadow.abort()
             state.shadow = third.pop()  # the decider's caches are as far as the hop's: it checks from now on
         for chain in third:
             chain.abort()
-        if verdict == Verdict.CHECKED_LIED:
-            spot.trusted([*shadow.peers, *deciders])
-            self._liar(hop, [*shadow.peers, *deciders], budget)
-        return output, verdict == Verdict.CHECKED_LIED
-
-    def _liar(self, hop: Hop, honest: list[str], budget: RetryBudget | None = None) -> None:
-        """Ban ``hop``'s server for answering unlike the ``honest`` ones; a checked hop's lie spends ``budget``."""
-        spot = self.router.spot
-        spot.distrusted([hop.peer_id])
-        spot.stats.banned += 1
-        others = ", ".join(peer[-8:] for peer in honest)
-        lie = BadAnswer(f"server {hop.peer_id[-8:]} answered blocks {hop.start}:{hop.end} unlike servers {others}")
-        if budget is None:
-            self.router.failed(hop, lie)
-        else:
-            self.router.recover(hop, lie, budget)
+        if hop.peer_id in liars:
+            self.router.recover(hop, lie(hop), budget)  # bans it; a lie counts against the step's retries
+        return output, hop.peer_id in liars
 
     async def _second_opinion(self, state: HopState, hidden: torch.Tensor, position: int) -> torch.Tensor | None:
         """The output of ``state``'s blocks for this step from its shadow chain (opened now if needed), or None

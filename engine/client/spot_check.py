@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.client.answers import BadAnswer
 from engine.client.routing import Hop, MissingBlocksError, make_route
 from engine.records import ServerRecord
 
@@ -104,6 +105,27 @@ class SpotChecker:
     def distrusted(self, peers: Collection[str]) -> None:
         self.verified.difference_update(peers)
 
+    def judged(self, verdict: Verdict, checked: str, second: Sequence[str], third: Sequence[str]) -> list[str]:
+        """Record who was right after ``settle``; returns the liars, for the caller to ban (and count here)."""
+        liars: list[str] = []
+        if verdict == Verdict.AGREED:
+            self.trusted([checked, *second])
+        elif verdict == Verdict.CHECKED_LIED:
+            self.trusted([*second, *third])
+            liars = [checked]
+        elif verdict == Verdict.VERIFIER_LIED:
+            self.trusted([checked, *third])
+            liars = list(second)
+        self.distrusted(liars)
+        self.stats.banned += len(liars)
+        if liars:
+            logger.warning(
+                "server(s) %s answered unlike %s: banned as liars",
+                ", ".join(peer[-8:] for peer in liars),
+                ", ".join(peer[-8:] for peer in {checked, *second, *third} - set(liars)),
+            )
+        return liars
+
     async def settle(
         self,
         checked: Sequence[torch.Tensor],
@@ -138,6 +160,11 @@ class SpotChecker:
             verdict.value,
         )
         return verdict
+
+
+def lie(hop: Hop) -> BadAnswer:
+    """The error a server is banned with when a third server sided against it."""
+    return BadAnswer(f"server {hop.peer_id[-8:]} answered blocks {hop.start}:{hop.end} unlike other servers")
 
 
 def second_route(
