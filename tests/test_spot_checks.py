@@ -27,7 +27,7 @@ from engine.client.config import ClientSettings
 from engine.client.generation import GenerationSettings, generate
 from engine.client.model import DistributedCausalLM
 from engine.client.routing import Hop
-from engine.client.spot_check import SpotChecker, Verdict, agree, second_route, token_error
+from engine.client.spot_check import LONELY_SECONDS, SpotChecker, Verdict, agree, second_route, token_error
 from engine.records import ServerRecord, ServerState
 from engine.server.faults import FAULT_VARIABLE
 
@@ -52,6 +52,10 @@ def test_token_error_is_relative_to_each_tokens_norm() -> None:
     assert agree([honest], [honest * 1.05], 0.1) and not agree([honest], [honest * 1.5], 0.1)
 
 
+def record(peer: str, start: int, end: int, quantization: str = "none") -> ServerRecord:
+    return ServerRecord(peer, start, end, ServerState.ONLINE, quantization=quantization)
+
+
 def settle(checker: SpotChecker, checked: float, second: float, third: float | None) -> Verdict:
     async def third_opinion():
         return None if third is None else [torch.full((1, 2, 4), third)]
@@ -71,19 +75,26 @@ def test_a_third_server_decides_who_lied() -> None:
     assert (stats.checks, stats.mismatches, stats.undecided) == (5, 4, 2)
 
 
+def hop(peer: str, start: int = 0, end: int = 4) -> Hop:
+    return Hop(peer, start, end, record(peer, start, end))
+
+
 def test_a_new_server_is_always_checked_a_verified_one_at_the_fraction() -> None:
-    checker = SpotChecker(0.2, 0.1, random.Random(0))
-    assert checker.due("new")
+    clock = [100.0]
+    checker = SpotChecker(0.2, 0.1, random.Random(0), clock=lambda: clock[0])
+    assert checker.due(hop("new"))
     checker.trusted(["old"])
-    share = sum(checker.due("old") for _ in range(2000)) / 2000
+    share = sum(checker.due(hop("old")) for _ in range(2000)) / 2000
     assert 0.15 < share < 0.25
-    assert not SpotChecker(0.0, 0.1).due("new")  # 0 turns spot-checks off
+    assert not SpotChecker(0.0, 0.1).due(hop("new"))  # 0 turns spot-checks off
+    # blocks nobody else holds are not looked up at every step, only again after a while
+    checker.unverified(hop("alone"), "no other server holds these blocks", lonely=True)
+    assert not checker.due(hop("alone")) and checker.due(hop("alone", 0, 2))
+    clock[0] += LONELY_SECONDS + 1
+    assert checker.due(hop("alone"))
+    assert checker.stats.unverified == 2
     with pytest.raises(ValueError, match="spot check fraction"):
         ClientSettings(spot_check_fraction=1.5)
-
-
-def record(peer: str, start: int, end: int, quantization: str = "none") -> ServerRecord:
-    return ServerRecord(peer, start, end, ServerState.ONLINE, quantization=quantization)
 
 
 def test_a_verifier_covers_exactly_the_checked_blocks_with_the_same_quantization() -> None:

@@ -186,8 +186,10 @@ class RemoteBlocks(nn.Module):
             hop = route[index]
             try:
                 main = self._chunked(hop, wire.FORWARD_PROTOCOL, [hidden], prompts, options)
-                if check and self.router.spot.due(hop.peer_id):
-                    answer, honest = await self._checked(hop, main, self._second_forward(hidden, prompts, options))
+                if check and self.router.spot.due(hop):
+                    answer, honest = await self._checked(
+                        hop, main, self._second_forward(hidden, prompts, options), options.adapter
+                    )
                 else:
                     answer, honest = await main, None
             except Exception as error:
@@ -214,6 +216,7 @@ class RemoteBlocks(nn.Module):
         hop: Hop,
         main: Awaitable[list[torch.Tensor]],
         second: Callable[[list[Hop]], Awaitable[tuple[list[torch.Tensor], Any]]],
+        adapter: str | None,
     ) -> tuple[list[torch.Tensor], Any]:
         """``main`` (``hop``'s answer) beside ``second`` (the same work on another route over its blocks).
 
@@ -224,9 +227,9 @@ class RemoteBlocks(nn.Module):
         what = f"blocks {hop.start}:{hop.end} on server {hop.peer_id[-8:]}"
 
         async def opinion(avoid: list[str]) -> tuple[list[Hop], list[torch.Tensor], Any] | None:
-            route = await self.router.second_route(hop, avoid)
+            route = await self.router.second_route(hop, avoid, adapter)
             if route is None:
-                spot.unverified(hop, "no other server holds these blocks")
+                spot.unverified(hop, "no other server holds these blocks", lonely=True)
                 return None
             try:
                 return route, *(await second(route))
@@ -313,8 +316,10 @@ class RemoteBlocks(nn.Module):
         """
         try:
             main = self._chunked(hop, wire.BACKWARD_PROTOCOL, [hidden, grad], prompts, options)
-            if check and self.router.spot.due(hop.peer_id):
-                grads, lied = await self._checked(hop, main, self._second_backward(hop, hidden, grad, prompts, options))
+            if check and self.router.spot.due(hop):
+                grads, lied = await self._checked(
+                    hop, main, self._second_backward(hop, hidden, grad, prompts, options), options.adapter
+                )
             else:
                 grads, lied = await main, None
         except Exception as error:

@@ -112,7 +112,7 @@ class InferenceSession:
             try:
                 if state.stream.expiring:
                     raise wire.RemoteError(state.hop.peer_id, "session idle past the server's timeout", expired=True)
-                if self.router.spot.due(state.hop.peer_id):
+                if self.router.spot.due(state.hop):
                     output, lied = await self._checked_step(state, hidden, position, budget)
                 else:
                     output, lied = await state.stream.step(hidden, position, self.step_timeout), False
@@ -299,7 +299,7 @@ class InferenceSession:
         """A shadow chain over exactly ``hop``'s blocks avoiding ``avoid``; None (counted unverified) if none opens."""
         route = await self.router.second_route(hop, avoid, self.adapter)
         if route is None:
-            self.router.spot.unverified(hop, "no other server holds these blocks")
+            self.router.spot.unverified(hop, "no other server holds these blocks", lonely=True)
             return None
         try:
             return await ShadowChain.open(

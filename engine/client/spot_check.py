@@ -33,6 +33,10 @@ from engine.records import ServerRecord
 
 logger = logging.getLogger(__name__)
 
+# Blocks that no second server could verify are not looked up again for this long: a lookup reads the DHT, and a
+# swarm with a single server for some blocks would otherwise pay that read on every step.
+LONELY_SECONDS = 30.0
+
 
 def token_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest per-token distance between two (..., hidden) tensors, relative to the larger of the two norms.
@@ -84,19 +88,36 @@ class SpotChecker:
     this client sends it and then on ``fraction`` of requests.
     """
 
-    def __init__(self, fraction: float, tolerance: float, rng: random.Random | None = None):
+    def __init__(
+        self,
+        fraction: float,
+        tolerance: float,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.fraction, self.tolerance = fraction, tolerance
-        self.rng = rng or random.Random()
+        self.rng, self.clock = rng or random.Random(), clock
         self.verified: set[str] = set()
         self.stats = SpotCheckStats()
+        self._lonely: dict[tuple[str, int, int], float] = {}  # (peer, start, end) -> when to look for a verifier again
 
-    def due(self, peer: str) -> bool:
+    def due(self, hop: Hop) -> bool:
+        """Whether to check this request to ``hop``: always for an unverified server, else at ``fraction``."""
         if self.fraction <= 0:
             return False
-        return peer not in self.verified or self.rng.random() < self.fraction
+        if not (hop.peer_id not in self.verified or self.rng.random() < self.fraction):
+            return False
+        key = (hop.peer_id, hop.start, hop.end)
+        if self._lonely.get(key, 0.0) > self.clock():
+            self.stats.unverified += 1  # nobody else held these blocks a moment ago
+            return False
+        return True
 
-    def unverified(self, hop: Hop, why: str) -> None:
+    def unverified(self, hop: Hop, why: str, lonely: bool = False) -> None:
+        """A due check could not run; ``lonely``: no other server holds the blocks (do not look again for a while)."""
         self.stats.unverified += 1
+        if lonely:
+            self._lonely[(hop.peer_id, hop.start, hop.end)] = self.clock() + LONELY_SECONDS
         logger.debug("blocks %d:%d on server %s go unverified: %s", hop.start, hop.end, hop.peer_id[-8:], why)
 
     def trusted(self, peers: Collection[str]) -> None:
