@@ -203,3 +203,36 @@ def test_training_catches_a_liar_in_forward_and_in_backward(checkpoint: Path, ho
         assert_close(grad, expected_grad)
     finally:
         model.close()
+
+
+class PreferInOrder(random.Random):
+    """Routing randomness that takes the first of ``peers`` offered: the main route gets the first, a verifier (which
+    may not use the checked server) the next one offered."""
+
+    def __init__(self, peers: list[str]):
+        super().__init__(0)
+        self.peers = peers
+
+    def choices(self, population, weights=None, **kwargs):
+        for peer in self.peers:
+            preferred = [record for record in population if record.peer_id == peer]
+            if preferred:
+                return preferred[:1]
+        return super().choices(population, weights=weights, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_lying_verifier_is_the_one_banned(checkpoint: Path, honest: LocalSwarm, liar: str) -> None:
+    first, second = honest_peers(honest)
+    model = connect(checkpoint, honest)
+    model.swarm.router.rng = PreferInOrder([first, liar])  # the forward goes to ``first``, checked by the liar
+    try:
+        embeds = model.embed(torch.tensor([PROMPT])).detach()
+        output = model.blocks(embeds)
+        router = model.swarm.router
+        assert router.bans.is_banned(liar) and not router.bans.is_banned(first)
+        assert {first, second} <= router.spot.verified and liar not in router.spot.verified
+        assert [hop.peer_id for hop in model.blocks.last_route] == [first]
+        assert_close(output, reference_vjp(checkpoint, embeds, torch.zeros_like(output))[0])
+    finally:
+        model.close()

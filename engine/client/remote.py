@@ -11,6 +11,10 @@ blocks get a new chain fed the same input; in backward, the new chain's inner in
 forward pass, then the gradient flows back through it. Servers compute the same function, so the result is the
 same as without the failure.
 
+Spot-checks (``spot_check.py``): the first request a server gets from this client, and then a fraction of requests,
+are also computed on another route over the same blocks, side by side; when they differ a third route decides, the
+liar is banned and the honest route's outputs (or gradients) are used.
+
 Requests may name a LoRA adapter (only servers that announce it are used) and, when a backward will follow, a
 ``keep`` id: the server then keeps that forward's graph for the backward (``engine/server/activations.py``); a
 server without it (a replacement, or after evicting it) recomputes, with the same result.

@@ -7,6 +7,11 @@ replays the remembered inputs at their original positions so the new servers reb
 and goes on with the step. Replayed steps keep their original shapes (one message per original step), so the new
 servers compute bit for bit what the old one did and the generated tokens are the same as without the failure.
 
+Spot-checks (``spot_check.py``): the first step a server gets from this client, and then a fraction of steps, also
+go to a ``ShadowChain`` over the same blocks on other servers, beside the hop's own step. When the answers differ, a
+third chain decides; a server that lied is banned and its hop rebuilt on honest servers before the step is redone,
+so the text stays what the model gives. Steps an unchecked server answered before it was caught are not redone.
+
 A server closes a session its client left idle for longer than the ``idle_timeout`` it announced when the
 session opened. A client that comes back after such a pause (a user reading the answer) reopens that hop the
 same way, without blaming anyone.
