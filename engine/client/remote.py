@@ -292,11 +292,12 @@ class RemoteBlocks(nn.Module):
         options: RequestOptions,
     ) -> Callable[[list[Hop]], Awaitable[tuple[list[torch.Tensor], Any]]]:
         """A backward of ``hop``'s blocks through a second route, unchecked, giving up at its first failure."""
+        unkept = replace(options, keep=None)  # no forward was kept for it: its servers recompute
 
         async def run(route: list[Hop]) -> tuple[list[torch.Tensor], Any]:
             scratch = None if prompts is None else torch.zeros_like(prompts)
             grad_input = await self._backward_route(
-                route, hidden, grad, prompts, scratch, RetryBudget(0), options, False
+                route, hidden, grad, prompts, scratch, RetryBudget(0), unkept, False
             )
             return [grad_input] + ([] if scratch is None else [scratch[hop.start : hop.end]]), True  # True: it lied
 
