@@ -233,7 +233,7 @@ class RemoteBlocks(nn.Module):
         async def opinion(avoid: list[str]) -> tuple[list[Hop], list[torch.Tensor], Any] | None:
             route = await self.router.second_route(hop, avoid, adapter)
             if route is None:
-                spot.unverified(hop, "no other server holds these blocks", lonely=True)
+                spot.unverified(hop, "no other server holds these blocks", lonely=not avoid)
                 return None
             try:
                 return route, *(await second(route))

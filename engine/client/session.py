@@ -304,7 +304,7 @@ class InferenceSession:
         """A shadow chain over exactly ``hop``'s blocks avoiding ``avoid``; None (counted unverified) if none opens."""
         route = await self.router.second_route(hop, avoid, self.adapter)
         if route is None:
-            self.router.spot.unverified(hop, "no other server holds these blocks", lonely=True)
+            self.router.spot.unverified(hop, "no other server holds these blocks", lonely=not avoid)
             return None
         try:
             return await ShadowChain.open(
