@@ -13,9 +13,15 @@
 - ``pinger.py``: ``Pinger``, smoothed round trips to servers, refreshed in the background.
 - ``speeds.py``: ``SpeedBook``, each server's throughput as measured by this client; routing believes no more than it.
 - ``bans.py``: ``BanList``, servers that failed, avoided for a time that doubles with each failure in a row.
+- ``spot_check.py``: spot-checks, is a server running the model it claims: ``SpotChecker`` (which servers are
+  verified, when a check is due, the tolerance, a third server's verdict) and ``second_route`` (who may verify a hop).
+- ``stream.py``: ``InferenceStream``, one open inference session on one server; ``merge_steps`` for batched replays.
+- ``shadow.py``: ``ShadowChain``, a second chain over one hop's blocks that spot-checks an inference session's hop,
+  catching up with the steps it missed at each check.
 - ``session.py``: ``InferenceSession``, a generation's attention caches held along a chain of ``HopState`` (an
   ``InferenceStream`` and its inputs); on a server failure it replays a hop's remembered inputs at their positions
-  on a new chain (the paper's Algorithm 1), and it reopens hops left idle past their server's timeout.
+  on a new chain (the paper's Algorithm 1), it reopens hops left idle past their server's timeout, and it spot-checks
+  hops against a ``ShadowChain``.
 - ``remote.py``: ``RemoteBlocks``, forward and backward through the swarm as a torch module; failed hops are
   recomputed on other servers.
 - ``model.py``: ``CausalLMParts`` (the client-side embeddings, norm and head) and ``DistributedCausalLM`` (them

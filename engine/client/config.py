@@ -45,6 +45,20 @@ class ClientSettings:
             "last bits (and, rarely, a token)"
         },
     )
+    spot_check_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "share of steps (and forward/backward requests) whose answers are compared with a second server "
+            "of the same blocks, besides the first request to every server; 0 turns spot-checks off"
+        },
+    )
+    spot_check_tolerance: float = field(
+        default=0.1,
+        metadata={
+            "help": "largest per-token difference between two servers' answers, relative to their norm, that still "
+            "counts as the same model (bfloat16 against float32 differs by about 0.03)"
+        },
+    )
 
     swarm_key: str | None = field(
         default=None,
@@ -67,5 +81,9 @@ class ClientSettings:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.max_retries < 0:
             raise ValueError(f"max retries must be 0 or more, got {self.max_retries}")
+        if not 0 <= self.spot_check_fraction <= 1:
+            raise ValueError(f"spot check fraction must be in [0, 1], got {self.spot_check_fraction}")
+        if not 0 < self.spot_check_tolerance < 2:
+            raise ValueError(f"spot check tolerance must be in (0, 2), got {self.spot_check_tolerance}")
         if not 0 < self.rtt_smoothing <= 1:
             raise ValueError(f"rtt smoothing must be in (0, 1], got {self.rtt_smoothing}")

@@ -11,6 +11,10 @@ blocks get a new chain fed the same input; in backward, the new chain's inner in
 forward pass, then the gradient flows back through it. Servers compute the same function, so the result is the
 same as without the failure.
 
+Spot-checks (``spot_check.py``): the first request a server gets from this client, and then a fraction of requests,
+are also computed on another route over the same blocks, side by side; when they differ a third route decides, the
+liar is banned and the honest route's outputs (or gradients) are used.
+
 Requests may name a LoRA adapter (only servers that announce it are used) and, when a backward will follow, a
 ``keep`` id: the server then keeps that forward's graph for the backward (``engine/server/activations.py``); a
 server without it (a replacement, or after evicting it) recomputes, with the same result.
@@ -18,17 +22,21 @@ server without it (a replacement, or after evicting it) recomputes, with the sam
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
 from engine import wire
 from engine.client.answers import BadAnswer, check_answer, wire_dtype
-from engine.client.router import RetryBudget
-from engine.client.routing import Hop
+from engine.client.router import RetryBudget, describe_error, is_server_fault
+from engine.client.routing import Hop, MissingBlocksError
+from engine.client.spot_check import lie
 from engine.client.swarm import SwarmConnection
 
 
@@ -173,21 +181,130 @@ class RemoteBlocks(nn.Module):
         prompts: torch.Tensor | None,
         budget: RetryBudget,
         options: RequestOptions = BASE,
+        check: bool = True,
     ) -> tuple[torch.Tensor, list[Hop], list[torch.Tensor]]:
-        """Run ``hidden`` through ``route``, replacing failed hops; returns the output, final route and hop inputs."""
+        """Run ``hidden`` through ``route``, replacing failed hops; returns the output, final route and hop inputs.
+
+        With ``check``, hops due for a spot-check are compared with another route over their blocks; a hop whose
+        server lied is replaced by that route (its output and inner inputs are the honest ones).
+        """
         route, inputs, index = list(route), [], 0
         while index < len(route):
             hop = route[index]
             try:
-                output = (await self._chunked(hop, wire.FORWARD_PROTOCOL, [hidden], prompts, options))[0]
+                main = self._chunked(hop, wire.FORWARD_PROTOCOL, [hidden], prompts, options)
+                if check and self.router.spot.due(hop):
+                    answer, honest = await self._checked(
+                        hop, main, self._second_forward(hidden, prompts, options), options.adapter
+                    )
+                else:
+                    answer, honest = await main, None
             except Exception as error:
                 route[index : index + 1] = await self._failed(hop, error, budget, options)
                 continue
+            if honest is not None:  # the hop's server lied: take the honest route's work instead
+                self.router.recover(hop, lie(hop), budget)
+                honest_route, honest_inputs = honest
+                route[index : index + 1] = honest_route
+                inputs.extend(honest_inputs)
+                hidden = answer[0]
+                index += len(honest_route)
+                continue
             self.router.served(hop.peer_id)
             inputs.append(hidden)
-            hidden = output
+            hidden = answer[0]
             index += 1
         return hidden, route, inputs
+
+    # --- spot-checks (engine/client/spot_check.py) ---------------------------------------------------------------
+
+    async def _checked(
+        self,
+        hop: Hop,
+        main: Awaitable[list[torch.Tensor]],
+        second: Callable[[list[Hop]], Awaitable[tuple[list[torch.Tensor], Any]]],
+        adapter: str | None,
+    ) -> tuple[list[torch.Tensor], Any]:
+        """``main`` (``hop``'s answer) beside ``second`` (the same work on another route over its blocks).
+
+        Returns ``main``'s answer and None; or, when a third route showed ``hop``'s server lied, the honest answer and
+        what ``second`` returned with it (the caller bans the liar). Liars among the other routes are banned here.
+        """
+        spot = self.router.spot
+        what = f"blocks {hop.start}:{hop.end} on server {hop.peer_id[-8:]}"
+
+        async def opinion(avoid: list[str]) -> tuple[list[Hop], list[torch.Tensor], Any] | None:
+            route = await self.router.second_route(hop, avoid, adapter)
+            if route is None:
+                spot.unverified(hop, "no other server holds these blocks", lonely=not avoid)
+                return None
+            try:
+                return route, *(await second(route))
+            except Exception as error:
+                if not (is_server_fault(error) or isinstance(error, MissingBlocksError | wire.RemoteError)):
+                    raise
+                spot.unverified(hop, f"the second server failed: {describe_error(error)}")
+                return None
+
+        began = time.perf_counter()
+        answer, other = await asyncio.gather(main, opinion([]), return_exceptions=True)
+        spot.stats.seconds += time.perf_counter() - began
+        if isinstance(answer, BaseException):
+            raise answer
+        if isinstance(other, BaseException):
+            raise other
+        if other is None:
+            return answer, None
+        third: list[tuple[list[Hop], list[torch.Tensor], Any]] = []
+
+        async def third_opinion() -> list[torch.Tensor] | None:
+            found = await opinion([hop.peer_id, *(h.peer_id for h in other[0])])
+            if found is None:
+                return None
+            third.append(found)
+            return found[1]
+
+        verdict = await spot.settle(answer, other[1], third_opinion, what)
+        peers = [h.peer_id for h in other[0]]
+        liars = spot.judged(verdict, hop.peer_id, peers, [h.peer_id for h in third[0][0]] if third else [])
+        for second_hop in other[0]:
+            if second_hop.peer_id in liars:
+                self.router.failed(second_hop, lie(second_hop))
+        if hop.peer_id in liars:
+            return other[1], other[2]
+        return answer, None
+
+    def _second_forward(
+        self, hidden: torch.Tensor, prompts: torch.Tensor | None, options: RequestOptions
+    ) -> Callable[[list[Hop]], Awaitable[tuple[list[torch.Tensor], Any]]]:
+        """A forward of ``hidden`` through a second route, unchecked, giving up at its first failure (a ban)."""
+        unkept = replace(options, keep=None)  # a second opinion is not kept for a backward
+
+        async def run(route: list[Hop]) -> tuple[list[torch.Tensor], Any]:
+            output, route, inputs = await self._forward_route(route, hidden, prompts, RetryBudget(0), unkept, False)
+            return [output], (route, inputs)
+
+        return run
+
+    def _second_backward(
+        self,
+        hop: Hop,
+        hidden: torch.Tensor,
+        grad: torch.Tensor,
+        prompts: torch.Tensor | None,
+        options: RequestOptions,
+    ) -> Callable[[list[Hop]], Awaitable[tuple[list[torch.Tensor], Any]]]:
+        """A backward of ``hop``'s blocks through a second route, unchecked, giving up at its first failure."""
+        unkept = replace(options, keep=None)  # no forward was kept for it: its servers recompute
+
+        async def run(route: list[Hop]) -> tuple[list[torch.Tensor], Any]:
+            scratch = None if prompts is None else torch.zeros_like(prompts)
+            grad_input = await self._backward_route(
+                route, hidden, grad, prompts, scratch, RetryBudget(0), unkept, False
+            )
+            return [grad_input] + ([] if scratch is None else [scratch[hop.start : hop.end]]), True  # True: it lied
+
+        return run
 
     async def _backward_hop(
         self,
@@ -198,23 +315,51 @@ class RemoteBlocks(nn.Module):
         grad_prompts: torch.Tensor | None,
         budget: RetryBudget,
         options: RequestOptions = BASE,
+        check: bool = True,
     ) -> torch.Tensor:
-        """Gradient of ``hop``'s input; if its server fails, the blocks are recomputed on a new chain."""
+        """Gradient of ``hop``'s input; if its server fails, the blocks are recomputed on a new chain.
+
+        With ``check``, a hop due for a spot-check is compared with another route over its blocks; if its server
+        lied, the honest route's gradients are used.
+        """
         try:
-            grads = await self._chunked(hop, wire.BACKWARD_PROTOCOL, [hidden, grad], prompts, options)
+            main = self._chunked(hop, wire.BACKWARD_PROTOCOL, [hidden, grad], prompts, options)
+            if check and self.router.spot.due(hop):
+                grads, lied = await self._checked(
+                    hop, main, self._second_backward(hop, hidden, grad, prompts, options), options.adapter
+                )
+            else:
+                grads, lied = await main, None
         except Exception as error:
             route = await self._failed(hop, error, budget, options)
-            inputs = [hidden]
-            if len(route) > 1:  # the inputs of the new chain's inner hops are not known yet: recompute them
-                last_input, head, inner = await self._forward_route(route[:-1], hidden, prompts, budget, options)
-                route, inputs = [*head, route[-1]], [*inner, last_input]
-            for sub_hop, sub_hidden in zip(reversed(route), reversed(inputs), strict=True):
-                grad = await self._backward_hop(sub_hop, sub_hidden, grad, prompts, grad_prompts, budget, options)
-            return grad
-        self.router.served(hop.peer_id)
+            return await self._backward_route(route, hidden, grad, prompts, grad_prompts, budget, options, check)
+        if lied:
+            self.router.recover(hop, lie(hop), budget)
+        else:
+            self.router.served(hop.peer_id)
         if grad_prompts is not None:
             grad_prompts[hop.start : hop.end] += grads[1]
         return grads[0]
+
+    async def _backward_route(
+        self,
+        route: list[Hop],
+        hidden: torch.Tensor,
+        grad: torch.Tensor,
+        prompts: torch.Tensor | None,
+        grad_prompts: torch.Tensor | None,
+        budget: RetryBudget,
+        options: RequestOptions = BASE,
+        check: bool = True,
+    ) -> torch.Tensor:
+        """Gradient of the input of ``route`` (a chain whose first input is ``hidden``) for output gradient ``grad``."""
+        inputs = [hidden]
+        if len(route) > 1:  # the inputs of the chain's inner hops are not known yet: recompute them
+            last_input, head, inner = await self._forward_route(route[:-1], hidden, prompts, budget, options, check)
+            route, inputs = [*head, route[-1]], [*inner, last_input]
+        for sub_hop, sub_hidden in zip(reversed(route), reversed(inputs), strict=True):
+            grad = await self._backward_hop(sub_hop, sub_hidden, grad, prompts, grad_prompts, budget, options, check)
+        return grad
 
     async def run_forward(self, hidden: torch.Tensor, prompts: torch.Tensor | None, options: RequestOptions = BASE):
         budget = RetryBudget(self.max_retries)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError, P2PHandlerError
@@ -26,6 +27,7 @@ from engine.client.routing import (
     serving_adapter,
 )
 from engine.client.speeds import SpeedBook
+from engine.client.spot_check import SpotChecker, second_route
 from engine.records import ServerRecord, ServerState, spans_of
 from engine.wire import RemoteError
 
@@ -56,6 +58,7 @@ class Router:
         self.rng = rng or random.Random()
         self.speeds = SpeedBook()  # measured throughputs: routing believes no more than these
         self._last_view: dict[int, list[ServerRecord]] = {}
+        self.spot = SpotChecker(settings.spot_check_fraction, settings.spot_check_tolerance, random.Random())
 
     async def view(self, start: int, end: int) -> dict[int, list[ServerRecord]]:
         """Records of blocks [start, end) read afresh from the DHT; the last view if the DHT does not answer in time."""
@@ -103,6 +106,15 @@ class Router:
             if not banned:
                 raise
             return make_route(blocks, start, end, (), self.rng)  # only banned servers left: better than nothing
+
+    async def second_route(self, hop: Hop, avoid: Collection[str], adapter: str | None = None) -> list[Hop] | None:
+        """Another route over exactly ``hop``'s blocks, for a spot-check: no banned server, none of ``avoid``, the
+        same quantization as ``hop``'s server. None when the swarm has no such route."""
+        try:
+            blocks = self._eligible(await self.view(hop.start, hop.end), hop.start, hop.end, adapter)
+        except MissingBlocksError:
+            return None
+        return second_route(blocks, hop, {*avoid, *self.bans.banned()}, self.rng)
 
     def _eligible(
         self, blocks: dict[int, list[ServerRecord]], start: int, end: int, adapter: str | None

@@ -7,6 +7,11 @@ replays the remembered inputs at their original positions so the new servers reb
 and goes on with the step. Replayed steps keep their original shapes (one message per original step), so the new
 servers compute bit for bit what the old one did and the generated tokens are the same as without the failure.
 
+Spot-checks (``spot_check.py``): the first step a server gets from this client, and then a fraction of steps, also
+go to a ``ShadowChain`` over the same blocks on other servers, beside the hop's own step. When the answers differ, a
+third chain decides; a server that lied is banned and its hop rebuilt on honest servers before the step is redone,
+so the text stays what the model gives. Steps an unchecked server answered before it was caught are not redone.
+
 A server closes a session its client left idle for longer than the ``idle_timeout`` it announced when the
 session opened. A client that comes back after such a pause (a user reading the answer) reopens that hop the
 same way, without blaming anyone.
@@ -15,164 +20,23 @@ same way, without blaming anyone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
-from hivemind.p2p import P2P, PeerID
-from hivemind.proto import runtime_pb2
 
 from engine import wire
-from engine.client.answers import BadAnswer, check_answer, wire_dtype
-from engine.client.router import RetryBudget, is_server_fault
+from engine.client.router import RetryBudget, describe_error, is_server_fault
 from engine.client.routing import Hop, MissingBlocksError
+from engine.client.shadow import ShadowChain
+from engine.client.spot_check import Verdict, lie
+from engine.client.stream import IDLE_MARGIN, History, InferenceStream, merge_steps
 from engine.client.swarm import SwarmConnection
 
+__all__ = ["IDLE_MARGIN", "HopState", "InferenceSession", "InferenceStream", "merge_steps"]
+
 logger = logging.getLogger(__name__)
-
-History = list[tuple[int, torch.Tensor]]  # (position, hidden states) of every step sent to a hop
-
-# A hop idle for this share of its server's idle timeout is reopened before the next step rather than risk
-# stepping into a session the server is closing at that moment.
-IDLE_MARGIN = 0.9
-
-
-class InferenceStream:
-    """An open inference stream to one server, for blocks [hop.start, hop.end).
-
-    It reads and writes the stream framing itself (``engine.wire``) instead of going through a stub: a stub's
-    response iterator waits for its request iterator to finish after the connection drops, which would turn every
-    dead server into a step timeout; here a closed connection is a ``ConnectionError`` at once. It also lets a
-    replay send all its steps before reading the first answer. Hidden states go out in the server's dtype when it
-    is 16-bit; answers are checked (``check_answer``) and come back in the dtype the caller sent.
-    """
-
-    def __init__(self, hop: Hop, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.hop, self._reader, self._writer = hop, reader, writer
-        self.idle_timeout = float("inf")  # as the server announced it when the session opened
-        self.last_used = time.monotonic()
-
-    @classmethod
-    async def open(
-        cls,
-        p2p: P2P,
-        hop: Hop,
-        batch_size: int,
-        max_length: int,
-        timeout: float,
-        adapter: str | None = None,
-        prompts: torch.Tensor | None = None,
-    ) -> InferenceStream:
-        """Open the session on the server; ``adapter`` and the hop's slice of deep ``prompts`` apply to every step."""
-        async with asyncio.timeout(timeout):
-            _, reader, writer = await p2p.call_binary_stream_handler(
-                PeerID.from_base58(hop.peer_id), wire.INFERENCE_PROTOCOL
-            )
-        stream = cls(hop, reader, writer)
-        try:
-            options = {} if adapter is None else {"adapter": adapter}
-            tensors = [] if prompts is None else [prompts[hop.start : hop.end].to(wire_dtype(hop.record))]
-            await stream._send(
-                wire.request(
-                    tensors, start=hop.start, end=hop.end, batch_size=batch_size, max_length=max_length, **options
-                )
-            )
-            ack = await stream._receive(timeout)  # the server's acknowledgement, or its reason to refuse
-            idle = ack[1].get("idle_timeout")
-            if isinstance(idle, int | float) and idle > 0:
-                stream.idle_timeout = float(idle)
-        except BaseException:
-            stream.abort()
-            raise
-        return stream
-
-    @property
-    def name(self) -> str:
-        return f"server {self.hop.peer_id[-8:]}"
-
-    @property
-    def expiring(self) -> bool:
-        """True when the server may be closing this session for idleness: reopen it instead of stepping."""
-        return time.monotonic() - self.last_used >= IDLE_MARGIN * self.idle_timeout
-
-    async def _send(self, message: runtime_pb2.ExpertRequest) -> None:
-        self.last_used = time.monotonic()
-        await wire.send_message(message, self._writer)
-
-    async def _receive(self, timeout: float) -> tuple[list[torch.Tensor], dict]:
-        try:
-            async with asyncio.timeout(timeout):
-                message = await wire.receive_message(self._reader, runtime_pb2.ExpertResponse)
-        except asyncio.IncompleteReadError:
-            raise ConnectionError(f"{self.name} closed the session") from None
-        except TimeoutError:
-            raise TimeoutError(f"{self.name} did not answer within {timeout:g} s") from None
-        except wire.BadRequest as error:  # garbage from the server is the server's fault: try another one
-            raise BadAnswer(f"{self.name} sent a malformed answer: {error}") from None
-        if message is None:
-            raise ConnectionError(f"{self.name} closed the session")
-        try:
-            return wire.unpack_response(message, self.hop.peer_id)
-        except wire.BadRequest as error:
-            raise BadAnswer(f"{self.name} sent a malformed answer: {error}") from None
-
-    def _output(self, answer: tuple[list[torch.Tensor], dict], hidden: torch.Tensor) -> torch.Tensor:
-        tensors = answer[0]
-        if len(tensors) != 1:
-            raise BadAnswer(f"{self.name} answered a step with {len(tensors)} tensors instead of 1")
-        return check_answer(tensors[0], hidden.shape, self.hop.record, "a step").to(hidden.dtype)
-
-    def _step_request(self, hidden: torch.Tensor, position: int) -> runtime_pb2.ExpertRequest:
-        return wire.request([hidden.to(wire_dtype(self.hop.record))], position=position)
-
-    async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
-        await self._send(self._step_request(hidden, position))
-        return self._output(await self._receive(timeout), hidden)
-
-    async def replay(self, history: History, timeout: float) -> list[torch.Tensor]:
-        """Send every remembered step at once and collect the outputs; the server rebuilds its cache on the way.
-
-        Sending runs beside receiving, so a long history cannot fill both directions' buffers and deadlock.
-        """
-
-        async def send_all() -> None:
-            for position, hidden in history:
-                await self._send(self._step_request(hidden, position))
-
-        sender = asyncio.create_task(send_all())
-        try:
-            outputs = [self._output(await self._receive(timeout), hidden) for _, hidden in history]
-            await sender
-        finally:
-            sender.cancel()
-        return outputs
-
-    async def close(self) -> None:
-        """End the session politely (the server frees its cache at once); never fails."""
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1.0):
-                await wire.send_end(self._writer)
-        self.abort()
-
-    def abort(self) -> None:
-        """Drop the connection without a word (a failed server); the server frees the session when it notices."""
-        with contextlib.suppress(Exception):
-            self._writer.close()
-
-
-def merge_steps(history: History, max_bytes: int = wire.MAX_MESSAGE_BYTES // 8) -> History:
-    """Consecutive steps joined into as few steps as fit in ``max_bytes`` each (for a batched replay)."""
-    merged: History = []
-    for position, hidden in history:
-        if merged:
-            start, joined = merged[-1]
-            if start + joined.shape[1] == position and (joined.nbytes + hidden.nbytes) <= max_bytes:
-                merged[-1] = (start, torch.cat([joined, hidden], dim=1))
-                continue
-        merged.append((position, hidden))
-    return merged
 
 
 def truncate_history(history: History, length: int) -> History:
@@ -191,6 +55,7 @@ class HopState:
 
     stream: InferenceStream
     history: History = field(default_factory=list)
+    shadow: ShadowChain | None = None  # the second chain that spot-checks this hop, kept open between checks
 
     @property
     def hop(self) -> Hop:
@@ -271,7 +136,10 @@ class InferenceSession:
             try:
                 if state.stream.expiring:
                     raise wire.RemoteError(state.hop.peer_id, "session idle past the server's timeout", expired=True)
-                output = await state.stream.step(hidden, position, self.step_timeout)
+                if self.router.spot.due(state.hop):
+                    output, lied = await self._checked_step(state, hidden, position, budget)
+                else:
+                    output, lied = await state.stream.step(hidden, position, self.step_timeout), False
             except Exception as error:
                 if not (_expired(error) or is_server_fault(error)):
                     raise  # the request itself was refused: the session stays as it was
@@ -283,6 +151,11 @@ class InferenceSession:
                     self.recoveries += 1
                 await self._replace(index, state, budget)
                 continue  # the same step, on the new hop(s)
+            if lied:  # its server is banned: redo the step on a new chain for its blocks, from honest servers
+                state.stream.abort()
+                self.recoveries += 1
+                await self._replace(index, state, budget)
+                continue
             state.history.append((position, hidden))
             hidden = output
             index += 1
@@ -291,6 +164,9 @@ class InferenceSession:
     async def _replace(self, index: int, state: HopState, budget: RetryBudget) -> None:
         """Put a new chain for ``state``'s blocks in its place, its caches rebuilt from the hop's history."""
         began = time.perf_counter()
+        if state.shadow is not None:
+            state.shadow.abort()
+            state.shadow = None
         replacement = await self._build(state.hop.start, state.hop.end, state.history, budget)
         self.hops[index : index + 1] = replacement
         logger.info(
@@ -372,6 +248,102 @@ class InferenceSession:
             inputs = [(position, output) for (position, _), output in zip(inputs, outputs, strict=True)]
         return None
 
+    # --- spot-checks (engine/client/spot_check.py) ---------------------------------------------------------------
+
+    async def _checked_step(
+        self, state: HopState, hidden: torch.Tensor, position: int, budget: RetryBudget
+    ) -> tuple[torch.Tensor, bool]:
+        """The hop's step, compared with a shadow chain's answer computed beside it.
+
+        Returns the hop's output and whether its server lied (it is then banned, and the step must be redone).
+        """
+        began = time.perf_counter()
+        output, second = await asyncio.gather(
+            state.stream.step(hidden, position, self.step_timeout),
+            self._second_opinion(state, hidden, position),
+            return_exceptions=True,
+        )
+        spot = self.router.spot
+        spot.stats.seconds += time.perf_counter() - began
+        if isinstance(output, BaseException):
+            raise output
+        if isinstance(second, BaseException):
+            raise second  # a cancellation: failures of the second opinion leave the step unverified instead
+        if second is None:
+            return output, False
+        shadow = state.shadow
+        third: list[ShadowChain] = []
+
+        async def third_opinion() -> list[torch.Tensor] | None:
+            chain = await self._open_shadow(state.hop, [state.hop.peer_id, *shadow.peers])
+            if chain is None:
+                return None
+            third.append(chain)
+            try:
+                return [await chain.catch_up(state.history, position, hidden, self.step_timeout)]
+            except Exception as error:
+                self._shadow_failed(state.hop, error)
+                return None
+
+        hop = state.hop
+        what = f"blocks {hop.start}:{hop.end} on server {hop.peer_id[-8:]}"
+        verdict = await spot.settle([output], [second], third_opinion, what)
+        deciders = third[0].peers if third else []
+        liars = spot.judged(verdict, hop.peer_id, shadow.peers, deciders)
+        if verdict == Verdict.VERIFIER_LIED:
+            for stream in shadow.streams:
+                self.router.failed(stream.hop, lie(stream.hop))
+            shadow.abort()
+            state.shadow = third.pop()  # the decider's caches are as far as the hop's: it checks from now on
+        for chain in third:
+            chain.abort()
+        if hop.peer_id in liars:
+            self.router.recover(hop, lie(hop), budget)  # bans it; a lie counts against the step's retries
+        return output, hop.peer_id in liars
+
+    async def _second_opinion(self, state: HopState, hidden: torch.Tensor, position: int) -> torch.Tensor | None:
+        """The output of ``state``'s blocks for this step from its shadow chain (opened now if needed), or None
+        when no other server can give it; a failing shadow server is banned, the step then goes unverified."""
+        if state.shadow is not None and state.shadow.expiring:  # its servers may be closing the idle sessions
+            state.shadow.abort()
+            state.shadow = None
+        if state.shadow is None:
+            state.shadow = await self._open_shadow(state.hop, [])
+            if state.shadow is None:
+                return None
+        try:
+            return await state.shadow.catch_up(state.history, position, hidden, self.step_timeout)
+        except Exception as error:
+            state.shadow.abort()
+            state.shadow = None
+            self._shadow_failed(state.hop, error)
+            return None
+
+    async def _open_shadow(self, hop: Hop, avoid: list[str]) -> ShadowChain | None:
+        """A shadow chain over exactly ``hop``'s blocks avoiding ``avoid``; None (counted unverified) if none opens."""
+        route = await self.router.second_route(hop, avoid, self.adapter)
+        if route is None:
+            self.router.spot.unverified(hop, "no other server holds these blocks", lonely=not avoid)
+            return None
+        try:
+            return await ShadowChain.open(
+                self.swarm.p2p, route, self.batch_size, self.max_length, self.step_timeout, self.adapter, self.prompts
+            )
+        except Exception as error:
+            if not (_expired(error) or is_server_fault(error)):
+                raise  # a bug of ours, or a cancellation
+            self.router.spot.unverified(hop, f"the second server did not open a session: {describe_error(error)}")
+            return None
+
+    def _shadow_failed(self, hop: Hop, error: Exception) -> None:
+        """A shadow server failed: ban it if it is its fault (not the step's), and leave the step unverified."""
+        failed = getattr(error, "shadow_hop", None)
+        if failed is not None and is_server_fault(error) and not _expired(error):
+            self.router.failed(failed, error)
+        elif not (_expired(error) or is_server_fault(error) or isinstance(error, wire.RemoteError)):
+            raise error
+        self.router.spot.unverified(hop, f"the second server failed: {describe_error(error)}")
+
     def close(self) -> None:
         if self._closed:
             return
@@ -380,7 +352,8 @@ class InferenceSession:
             self.swarm.run(self._close_streams(), timeout=10)
 
     async def _close_streams(self) -> None:
-        await asyncio.gather(*(state.stream.close() for state in self.hops))
+        shadows = [state.shadow for state in self.hops if state.shadow is not None]
+        await asyncio.gather(*(state.stream.close() for state in self.hops), *(shadow.close() for shadow in shadows))
 
     def __enter__(self) -> InferenceSession:
         return self

@@ -47,6 +47,7 @@ class SpanBackend:
         adapters: AdapterSet | None = None,
         activations: ActivationStore | None = None,
     ):
+        faults.tamper(span.layers)
         self.span = span
         self.budget = budget
         self.max_session_length = max_session_length

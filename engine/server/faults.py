@@ -6,6 +6,10 @@ Set ``NECTAR_TEST_FAULT`` in a server's environment; nothing reads it unless a t
   GPU would;
 - ``answer-nan``: every computed answer is NaN, as a GPU with broken memory or an overflowing float16 would give;
 - ``answer-dtype``: every computed answer comes back in float64, as a buggy or modified server might send;
+- ``answer-random``: every computed answer is random numbers of the right shape, dtype and scale, as a server that
+  saves its compute and makes answers up would send (only a spot-check against another server catches it);
+- ``noisy-weights``: the server adds Gaussian noise (``NOISE_SCALE`` of each tensor's spread) to every tensor of the
+  first ``NOISY_BLOCKS`` blocks it loads, as a server with altered weights would run (answers look plausible);
 - ``slow-compute``: every compute call takes ``SLOW_SECONDS`` longer, as an overloaded server's would (fills queues).
 """
 
@@ -18,6 +22,8 @@ import torch
 
 FAULT_VARIABLE = "NECTAR_TEST_FAULT"
 SLOW_SECONDS = 1.0
+NOISY_BLOCKS = 2
+NOISE_SCALE = 0.5
 
 
 class InjectedFault(RuntimeError):
@@ -44,4 +50,17 @@ def corrupt(answer: torch.Tensor) -> torch.Tensor:
         return torch.full_like(answer, float("nan"))
     if kind == "answer-dtype":
         return answer.to(torch.float64)
+    if kind == "answer-random":
+        return (torch.randn(answer.shape) * answer.float().std()).to(answer.dtype)
     return answer
+
+
+def tamper(layers: torch.nn.ModuleList) -> None:
+    """Alter the weights of a freshly loaded span's first blocks, if a test asked for ``noisy-weights``."""
+    if _active() != "noisy-weights":
+        return
+    with torch.no_grad():
+        for layer in list(layers)[:NOISY_BLOCKS]:
+            for tensor in layer.parameters():
+                if tensor.is_floating_point() and tensor.numel() > 1:
+                    tensor.add_(torch.randn_like(tensor) * tensor.float().std().to(tensor.dtype) * NOISE_SCALE)
