@@ -9,6 +9,8 @@ from collections.abc import Callable
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
+from engine.reachability import DialBack
+
 
 async def run_dht_node(
     host: str = "127.0.0.1",
@@ -22,6 +24,7 @@ async def run_dht_node(
         initial_peers=initial_peers or [], host_maddrs=[f"/ip4/{host}/tcp/{port}"], identity_path=identity_path
     )
     node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers or [])
+    await DialBack().add_p2p_handlers(p2p)  # joining servers ask whether they can be reached
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -223,7 +223,10 @@ class Lender:
             "--control-dir",
             str(self._control_dir(index)),
         ]
-        args += ["--host", swarm.host, "--port", str(swarm.port if index == 0 else 0), "--device", device]
+        args += ["--host", swarm.listen_host(), "--port", str(swarm.port if index == 0 else 0), "--device", device]
+        if swarm.announce_host and index == 0:  # the forwarded port belongs to the first server
+            args += ["--announce-host", swarm.announce_host]
+            args += ["--announce-port", str(swarm.announce_port)] if swarm.announce_port else []
         args += ["--dtype", compute.dtype]
         if swarm.dht_prefix:
             args += ["--dht-prefix", swarm.dht_prefix]

@@ -49,11 +49,19 @@ class ServerRecord:
     quantization: str = "none"
     version: str = PROTOCOL_VERSION
     adapters: tuple[str, ...] = field(default_factory=tuple)
+    # where peers dial it: its checked public addresses, or circuit addresses through relays; () = ask libp2p
+    maddrs: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def relayed(self) -> bool:
+        """Reached only through relays: an extra hop, and a relay's bandwidth shared with others."""
+        return bool(self.maddrs) and all("/p2p-circuit" in maddr for maddr in self.maddrs)
 
     def to_dict(self) -> dict[str, Any]:
         record = dataclasses.asdict(self)
         record["state"] = self.state.value
         record["adapters"] = list(self.adapters)
+        record["maddrs"] = list(self.maddrs)
         return record
 
     @classmethod
@@ -66,6 +74,7 @@ class ServerRecord:
         try:
             values["state"] = ServerState(values["state"])
             values["adapters"] = tuple(str(name) for name in values.get("adapters", ()))
+            values["maddrs"] = tuple(str(maddr) for maddr in values.get("maddrs", ()))
             record = cls(**values)
             if not (isinstance(record.start, int) and isinstance(record.end, int) and 0 <= record.start < record.end):
                 return None

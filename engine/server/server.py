@@ -19,6 +19,7 @@ from hivemind.p2p import P2P
 
 from engine.models.registry import get_family
 from engine.quantization import check_quantization
+from engine.reachability import DialBack, Reachability
 from engine.records import ServerRecord, ServerState, default_dht_prefix
 from engine.server import placement
 from engine.server.activations import ActivationStore
@@ -28,13 +29,13 @@ from engine.server.control import ServerControl
 from engine.server.executor import PriorityExecutor
 from engine.server.handler import BlockServicer
 from engine.server.memory import CacheBudget
+from engine.server.network import announce_maddrs, join_network, should_check
 from engine.server.precision import dtype_name, resolve_device, resolve_dtype
 from engine.server.settings import ServerSettings, settings_fields
 from engine.server.span_host import SpanHost
 from engine.server.span_size import choose_num_blocks
 from engine.server.throughput import NetworkProbe, announced_throughput, parse_throughput, server_throughput
 from engine.weights import resolve_model
-from engine.wire import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Server:
         if not settings.new_swarm and not settings.initial_peers:
             raise ValueError("give --initial-peers ADDR to join a swarm, or --new-swarm to start one")
         placement.check_settings(settings)
+        announce_maddrs(settings), should_check(settings)  # a bad address setting fails before loading anything
         check_quantization(settings.quant)
         self.settings = settings
         self.limits = settings.limits()
@@ -88,6 +90,7 @@ class Server:
         self.state = ServerState.JOINING
         self.rng = np.random.default_rng()
         self.p2p: P2P | None = None
+        self.reachability, self.maddrs = Reachability.UNKNOWN, []
         self.node: DHTNode | None = None
         self.host: SpanHost | None = None
         self.servicer: BlockServicer | None = None
@@ -123,12 +126,8 @@ class Server:
         if self.settings.num_threads:
             torch.set_num_threads(self.settings.num_threads)
         length = self._span_length()
-        self.p2p = await P2P.create(
-            initial_peers=self.settings.initial_peers,
-            host_maddrs=[f"/ip4/{self.settings.host}/tcp/{self.settings.port}"],
-            identity_path=self.settings.identity_path,
-            persistent_conn_max_msg_size=MAX_MESSAGE_BYTES,
-        )
+        joined = await join_network(self.settings)
+        self.p2p, self.reachability, self.maddrs = joined.p2p, joined.reachability, joined.maddrs
         try:
             self.node = await DHTNode.create(p2p=self.p2p, initial_peers=self.settings.initial_peers, client_mode=False)
             await self._load(length)
@@ -162,11 +161,13 @@ class Server:
             dtype_name(self.dtype),
         )
         return {"peer_id": self.peer_id, "blocks": [self.host.start, self.host.end], "maddrs": maddrs,
+                "reachability": self.reachability.value, "announced": self.maddrs,
                 "dht_prefix": self.prefix, "dtype": dtype_name(self.dtype), "device": str(self.device)}  # fmt: skip
 
     async def _load(self, length: int) -> None:
         """Measure throughput, pick the span (unless given), and load it while announcing it as joining."""
         await NetworkProbe().add_p2p_handlers(self.p2p)
+        await DialBack().add_p2p_handlers(self.p2p)
         peers = lambda: placement.peers_in_swarm(self.node, self.prefix, self.total, self.peer_id, self.rng)  # noqa: E731
         self.measured = await server_throughput(
             self.mode, self.source, self.dtype, str(self.device), self.p2p, peers, quantization=self.settings.quant
@@ -221,6 +222,7 @@ class Server:
             dtype=dtype_name(self.dtype),
             quantization=self.settings.quant,
             adapters=tuple(backend.adapters.names) if backend is not None else (),
+            maddrs=tuple(self.maddrs),
         )
 
     def describe(self) -> dict:

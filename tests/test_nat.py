@@ -1,0 +1,161 @@
+"""Servers behind NAT join, are reached through relays, serve, and the swarm survives its bootstrap nodes restarting.
+
+Real processes in Linux network namespaces (``netns_topology``): a public segment with the swarm's bootstrap nodes
+(public0) and a public server (public1), a home behind a masquerading router with a volunteer server (home0), and a
+second NAT'd home with the client (home1). Nothing is mocked; only documentation address ranges are used, and every
+namespace is deleted by the fixture. Skipped where namespaces cannot be made (not root, no ``ip``/``nft``).
+
+Four bootstrap nodes, because libp2p's autorelay reserves relay slots at once only when it knows four candidate
+relays (with fewer it waits minutes); the swarm's bootstrap peers are the relays a NAT'd server uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TEST_ENV
+from netns_topology import Topology, unavailable_reason
+from reference import greedy_reference, load_reference, make_lively_checkpoint
+from swarm_helpers import wait_ready
+
+from agent.local_swarm import Child, LocalSwarm
+
+pytestmark = pytest.mark.slow
+
+_SKIP = unavailable_reason()
+if _SKIP is not None:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=f"cannot build the NAT topology: {_SKIP}")]
+
+BOOTSTRAP_PORTS = (31101, 31102, 31103, 31104)
+SERVER_ARGS = ("--host", "0.0.0.0", "--throughput", "100", "--announce-period", "2", "--record-ttl", "8")
+PROMPT = [5, 17, 42, 99, 3, 64, 7, 100]
+NEW_TOKENS = 12
+CLIENT = str(Path(__file__).with_name("netns_client.py"))
+
+
+class Internet:
+    """The topology, the swarm's processes in their namespaces, and a way to run the client in home1."""
+
+    def __init__(self, topology: Topology, model: Path, keys: Path):
+        self.topology, self.model, self.keys = topology, model, keys
+        env = {**TEST_ENV, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        self.swarm = LocalSwarm(str(model), [], env=env, start_timeout=120, log_dir=keys.parent / "logs")
+        self.bootstraps: list[Child] = []
+
+    @property
+    def initial_peers(self) -> list[str]:
+        public = self.topology.address("public0")
+        return [f"/ip4/{public}/tcp/{port}/p2p/{child.ready['peer_id']}" for port, child in self._boot_ids()]
+
+    def _boot_ids(self):
+        return zip(BOOTSTRAP_PORTS, self.bootstraps, strict=True)
+
+    def start_bootstraps(self) -> None:
+        """The bootstrap nodes with fixed ports and identities, so that a restarted one has the same address."""
+        self.bootstraps = []
+        for index, port in enumerate(BOOTSTRAP_PORTS):
+            args = ["dht", "--host", "0.0.0.0", "--port", str(port), "--identity-path", str(self.keys / f"b{index}")]
+            if index:
+                args += ["--initial-peers", self._first_bootstrap()]
+            child = self.swarm._spawn(f"bootstrap{index}", args, self.topology.command("public0"))
+            self.bootstraps.append(child)
+            if not index:
+                wait_ready([child], 60)
+        wait_ready(self.bootstraps, 60)
+        for child in self.bootstraps:
+            child.ready["peer_id"] = child.ready["maddrs"][0].rsplit("/p2p/", 1)[1]
+
+    def _first_bootstrap(self) -> str:
+        peer = self.bootstraps[0].ready["maddrs"][0].rsplit("/p2p/", 1)[1]
+        return f"/ip4/{self.topology.address('public0')}/tcp/{BOOTSTRAP_PORTS[0]}/p2p/{peer}"
+
+    def stop_bootstraps(self) -> None:
+        for child in self.bootstraps:
+            child.process.kill()
+            child.process.wait(10)
+
+    def server(self, role: str, blocks: str, *extra: str, wait: bool = True) -> Child:
+        args = ["serve", str(self.model), "--initial-peers", *self.initial_peers, "--blocks", blocks]
+        child = self.swarm._spawn(f"server-{role}-{blocks}", [*args, *SERVER_ARGS, *extra], self.topology.command(role))
+        self.swarm.servers.append(child)
+        if wait:
+            wait_ready([child], 120)
+        return child
+
+    def client(self, *args: str, timeout: float = 120.0) -> dict:
+        command = self.topology.command("home1", sys.executable, CLIENT, args[0], str(self.model))
+        done = subprocess.run(
+            [*command, ",".join(self.initial_peers), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.swarm.env},
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"the client failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        self.swarm.servers.extend(self.bootstraps)  # LocalSwarm.stop ends every child it knows
+        self.swarm.stop()
+
+
+@pytest.fixture(scope="module")
+def internet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Internet]:
+    root = tmp_path_factory.mktemp("nat")
+    model = make_lively_checkpoint(root / "tiny-llama", "llama")
+    keys = root / "keys"
+    keys.mkdir()
+    topology = Topology().build()
+    net = Internet(topology, model, keys)
+    try:
+        net.start_bootstraps()
+        net.public = net.server("public1", "0:2", wait=False)
+        net.home = net.server("home0", "2:4", wait=False)
+        wait_ready([net.public, net.home], 120)
+        yield net
+    finally:
+        net.stop()
+        topology.remove()
+
+
+def test_nat_server_serves_through_a_relay(internet: Internet) -> None:
+    """The public server is dialed directly, the NAT'd one through a relay; greedy text equals one process's."""
+    assert internet.public.ready["reachability"] == "direct"
+    assert internet.home.ready["reachability"] == "relay", internet.home.tail()
+    assert internet.home.ready["announced"] and all("/p2p-circuit" in a for a in internet.home.ready["announced"])
+    assert internet.public.ready["announced"][0].startswith(f"/ip4/{internet.topology.address('public1')}/tcp/")
+    answer = internet.client("generate", ",".join(map(str, PROMPT)), str(NEW_TOKENS))
+    assert answer["tokens"] == greedy_reference(load_reference(internet.model), PROMPT, NEW_TOKENS)
+    assert [hop.split("@")[1] for hop in answer["route"]] == [
+        internet.public.ready["peer_id"][-8:],
+        internet.home.ready["peer_id"][-8:],
+    ]
+
+
+def test_unreachable_server_says_why_and_announces_nothing(internet: Internet) -> None:
+    """Behind NAT and told not to use relays: it names the port to forward, exits, and no record of it appears."""
+    child = internet.server("home0", "0:4", "--no-relay", "--port", "31200", wait=False)
+    assert child.process.wait(60) == 2
+    output = child.tail()
+    assert "cannot be reached" in output and "Forward TCP port 31200" in output and "Nothing was announced" in output
+    view = internet.client("view", "4")
+    peers = {record["peer_id"] for records in view.values() for record in records}
+    assert peers == {internet.public.ready["peer_id"], internet.home.ready["peer_id"]}
+
+
+def test_servers_rejoin_when_the_bootstrap_nodes_return(internet: Internet) -> None:
+    """Every bootstrap node killed and restarted: the servers find the swarm again by themselves and serve."""
+    internet.stop_bootstraps()
+    time.sleep(3)
+    internet.start_bootstraps()
+    answer = internet.client("generate", ",".join(map(str, PROMPT)), str(NEW_TOKENS), timeout=180)
+    assert answer["tokens"] == greedy_reference(load_reference(internet.model), PROMPT, NEW_TOKENS)
+    assert internet.public.process.poll() is None and internet.home.process.poll() is None
