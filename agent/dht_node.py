@@ -10,6 +10,7 @@ from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
 from engine.reachability import DialBack
+from engine.rejoin import keep_joined
 
 
 async def run_dht_node(
@@ -25,6 +26,7 @@ async def run_dht_node(
     )
     node = await DHTNode.create(p2p=p2p, initial_peers=initial_peers or [])
     await DialBack().add_p2p_handlers(p2p)  # joining servers ask whether they can be reached
+    rejoin = asyncio.create_task(keep_joined(p2p, node, initial_peers or []))  # bootstrap peers restart too
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -35,5 +37,6 @@ async def run_dht_node(
     try:
         await stop.wait()
     finally:
+        rejoin.cancel()
         await node.shutdown()
         await p2p.shutdown()

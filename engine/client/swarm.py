@@ -20,6 +20,7 @@ from engine.client.config import ClientSettings
 from engine.client.router import Router
 from engine.reachability import connect_via
 from engine.records import ServerRecord
+from engine.rejoin import keep_joined
 from engine.wire import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ class SwarmConnection:
         self._thread.start()
         try:
             self.p2p, self.node = self.run(self._start(list(initial_peers)), timeout=start_timeout)
+            asyncio.run_coroutine_threadsafe(keep_joined(self.p2p, self.node, list(initial_peers)), self.loop)
         except BaseException:
             self._stop_loop()
             raise

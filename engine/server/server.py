@@ -21,6 +21,7 @@ from engine.models.registry import get_family
 from engine.quantization import check_quantization
 from engine.reachability import DialBack, Reachability
 from engine.records import ServerRecord, ServerState, default_dht_prefix
+from engine.rejoin import keep_joined
 from engine.server import placement
 from engine.server.activations import ActivationStore
 from engine.server.adapters import AdapterSet
@@ -130,6 +131,7 @@ class Server:
         self.p2p, self.reachability, self.maddrs = joined.p2p, joined.reachability, joined.maddrs
         try:
             self.node = await DHTNode.create(p2p=self.p2p, initial_peers=self.settings.initial_peers, client_mode=False)
+            self._tasks.append(asyncio.create_task(keep_joined(self.p2p, self.node, self.settings.initial_peers)))
             await self._load(length)
         except BaseException:
             await self._shutdown()
