@@ -80,7 +80,7 @@ def direct_addresses(maddrs: Sequence[str]) -> list[str]:
     found = []
     for maddr in maddrs:
         text = str(maddr).split("/p2p/")[0]
-        if "/ip4/127." in text or "/ip6/::1/" in text or "p2p-circuit" in text or text in found:
+        if "/ip4/127." in text or "/ip6/::1/" in text or "p2p-circuit" in str(maddr) or text in found:
             continue
         found.append(text)
     return found
