@@ -245,6 +245,8 @@ class Lender:
         if event.ready:
             fields["peer_id"] = event.ready.get("peer_id")
             fields["blocks"] = tuple(event.ready.get("blocks", ())) or None
+            fields["reachability"] = event.ready.get("reachability")
+            fields["swarm_rtt_ms"] = event.ready.get("swarm_rtt_ms")
         if event.state in ("stopped", "crashed", "failed"):
             fields["sessions"] = 0
         self.state.update_server(**fields)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from hivemind.dht.node import DHTNode
@@ -47,6 +48,20 @@ async def greet(p2p: P2P, node: DHTNode, maddrs: Sequence[str]) -> int:
 
     answers = await asyncio.gather(*(one(maddr) for maddr in maddrs), return_exceptions=True)
     return sum(answer is True for answer in answers)
+
+
+async def round_trip(node: DHTNode, maddrs: Sequence[str]) -> float | None:
+    """Seconds of the quickest DHT ping to a bootstrap peer: the round trip to the swarm; None if none answers."""
+    best = None
+    for maddr in maddrs:
+        peer = peer_of(maddr)
+        if peer is None:
+            continue
+        began = time.perf_counter()
+        if await node.protocol.call_ping(PeerID.from_base58(peer)) is not None:
+            elapsed = time.perf_counter() - began
+            best = elapsed if best is None else min(best, elapsed)
+    return best
 
 
 async def keep_joined(p2p: P2P, node: DHTNode, maddrs: Sequence[str], period: float = REJOIN_PERIOD_S) -> None:

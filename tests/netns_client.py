@@ -1,11 +1,13 @@
 """A swarm client run as its own process inside a test's network namespace; prints one JSON line.
 
-Not a test module. ``generate MODEL PEERS TOKENS N``: greedy generation of N tokens after the comma-separated prompt
-TOKENS, with the route it took. ``view MODEL PEERS N``: the records of blocks 0..N-1.
+Not a test module. ``generate MODEL PEERS TOKENS N``: greedy generation of N tokens after the comma-separated
+prompt TOKENS, with the route it took. ``view MODEL PEERS N``: the records of blocks 0..N-1.
+``reachability MODEL PEERS``: what ``nectar bench`` reports about how peers reach this machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -29,6 +31,14 @@ def main(argv: list[str]) -> None:
         finally:
             client.close()
         print(json.dumps({"tokens": result.tokens, "route": result.route, "seconds": seconds}), flush=True)
+    elif command == "reachability":  # what `nectar bench` reports for this machine in a named swarm
+        from agent.benchmark import _reachability
+        from agent.settings import Settings
+
+        settings = Settings()
+        settings.swarm.name, settings.swarm.model, settings.swarm.initial_peers = "netns", model, peers
+        reachability, why = asyncio.run(_reachability(settings, peers))
+        print(json.dumps({"reachability": reachability, "detail": why}), flush=True)
     elif command == "view":
         with SwarmConnection(peers, default_dht_prefix(model)) as swarm:
             blocks = swarm.run(swarm.read_blocks(0, int(argv[3])), 60)

@@ -124,12 +124,17 @@ def test_nat_server_serves_through_a_relay(internet: Internet) -> None:
     assert internet.home.ready["reachability"] == "relay", internet.home.tail()
     assert internet.home.ready["announced"] and all("/p2p-circuit" in a for a in internet.home.ready["announced"])
     assert internet.public.ready["announced"][0].startswith(f"/ip4/{internet.topology.address('public1')}/tcp/")
+    assert internet.public.ready["swarm_rtt_ms"] is not None and internet.home.ready["swarm_rtt_ms"] is not None
     answer = internet.client("generate", ",".join(map(str, PROMPT)), str(NEW_TOKENS))
     assert answer["tokens"] == greedy_reference(load_reference(internet.model), PROMPT, NEW_TOKENS)
     assert [hop.split("@")[1] for hop in answer["route"]] == [
         internet.public.ready["peer_id"][-8:],
         internet.home.ready["peer_id"][-8:],
     ]
+
+
+def test_bench_tells_a_home_behind_nat_it_is_reached_through_a_relay(internet: Internet) -> None:
+    assert internet.client("reachability") == {"reachability": "relay", "detail": ""}
 
 
 def test_unreachable_server_says_why_and_announces_nothing(internet: Internet) -> None:

@@ -9,6 +9,8 @@ import asyncio
 import pytest
 from hivemind.p2p import P2P
 
+from agent.api.models import ServerStatus
+from agent.cli_agent import reachability_text
 from agent.settings import SwarmSettings
 from engine.client.routing import inference_route
 from engine.reachability import DialBack, _MaddrBytes, ask_dial_back, circuit_addresses, direct_addresses
@@ -105,3 +107,10 @@ def test_a_peer_dials_back_on_loopback() -> None:
 
     reached, refused = asyncio.run(scenario())
     assert reached is True and refused is False
+
+
+def test_status_words_for_reachability() -> None:
+    assert reachability_text("direct", 12.4) == "directly, 12 ms round trip to the swarm"
+    assert reachability_text("relay", None) == "through a relay"
+    assert reachability_text(None, None) == "not checked (local swarm)"
+    assert ServerStatus(reachability="relay", swarm_rtt_ms=3.0).reachability == "relay"

@@ -21,7 +21,7 @@ from engine.models.registry import get_family
 from engine.quantization import check_quantization
 from engine.reachability import DialBack, Reachability
 from engine.records import ServerRecord, ServerState, default_dht_prefix
-from engine.rejoin import keep_joined
+from engine.rejoin import keep_joined, round_trip
 from engine.server import placement
 from engine.server.activations import ActivationStore
 from engine.server.adapters import AdapterSet
@@ -92,6 +92,7 @@ class Server:
         self.rng = np.random.default_rng()
         self.p2p: P2P | None = None
         self.reachability, self.maddrs = Reachability.UNKNOWN, []
+        self.swarm_rtt: float | None = None  # seconds of the quickest ping to a bootstrap peer
         self.node: DHTNode | None = None
         self.host: SpanHost | None = None
         self.servicer: BlockServicer | None = None
@@ -132,6 +133,7 @@ class Server:
         try:
             self.node = await DHTNode.create(p2p=self.p2p, initial_peers=self.settings.initial_peers, client_mode=False)
             self._tasks.append(asyncio.create_task(keep_joined(self.p2p, self.node, self.settings.initial_peers)))
+            self.swarm_rtt = await round_trip(self.node, self.settings.initial_peers)
             await self._load(length)
         except BaseException:
             await self._shutdown()
@@ -164,6 +166,7 @@ class Server:
         )
         return {"peer_id": self.peer_id, "blocks": [self.host.start, self.host.end], "maddrs": maddrs,
                 "reachability": self.reachability.value, "announced": self.maddrs,
+                "swarm_rtt_ms": None if self.swarm_rtt is None else round(1e3 * self.swarm_rtt, 1),
                 "dht_prefix": self.prefix, "dtype": dtype_name(self.dtype), "device": str(self.device)}  # fmt: skip
 
     async def _load(self, length: int) -> None:
