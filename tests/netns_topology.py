@@ -110,6 +110,21 @@ class Topology:
             self.hosts[f"home{index}"] = (host, f"{lan}.2")
             self.hosts[f"router{index}"] = (router, wan)
 
+    def forward_port(self, home: int, port: int) -> str:
+        """Forward TCP ``port`` of home ``home``'s router to its host, as a volunteer would; the public address."""
+        router, wan = self.hosts[f"router{home}"]
+        lan_host = self.address(f"home{home}")
+        rules = f"""
+table ip nectar_forward_{port} {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "wan" tcp dport {port} dnat to {lan_host}:{port}
+    }}
+}}
+"""
+        _run(["ip", "netns", "exec", router, "nft", "-f", "-"], stdin=rules)
+        return wan
+
     def command(self, role: str, *command: str) -> list[str]:
         """``command`` run inside the namespace of ``role``."""
         return ["ip", "netns", "exec", self.hosts[role][0], *command]
@@ -137,6 +152,7 @@ table ip nectar_nat {{
     chain forward {{
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
+        ct status dnat accept
         iifname "lan" ip saddr {lan}.0/24 accept
     }}
     chain postrouting {{
