@@ -6,7 +6,8 @@ generation of ``--new-tokens`` tokens, best of ``--repeats``:
 - relayed: network namespaces (tests/netns_topology.py): blocks 0:2 on a public server, 2:4 on a server behind a
   NAT router that peers reach through circuit relays, the client behind a second NAT;
 - direct: the same, but the home server's port is forwarded on its router and its public address announced.
-Prints tokens/s and the ratio to loopback. Needs root, ``ip`` and ``nft``. The namespaces' links have no delay
+Every row is measured by the same client program, a new process per run (connecting untimed). Prints tokens/s and
+the ratio to loopback. Needs root, ``ip`` and ``nft``. The namespaces' links have no delay
 (the kernel has no netem here): the rows measure the cost of the relay hop and NAT, not a real internet's latency.
 
     sudo python benchmarks/nat_generation.py [--new-tokens 32] [--repeats 3]
@@ -15,40 +16,47 @@ Prints tokens/s and the ratio to loopback. Needs root, ``ip`` and ``nft``. The n
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import TEST_ENV  # noqa: E402
-from netns_swarm import PROMPT, Internet  # noqa: E402
+from netns_swarm import CLIENT, PROMPT, Internet  # noqa: E402
 from netns_topology import Topology, unavailable_reason  # noqa: E402
 from reference import make_lively_checkpoint  # noqa: E402
-from swarm_helpers import wait_covered, wait_ready  # noqa: E402
+from swarm_helpers import wait_ready  # noqa: E402
 
 from agent.local_swarm import LocalSwarm  # noqa: E402
-from engine.client.generation import GenerationSettings, generate  # noqa: E402
-from engine.client.model import DistributedCausalLM  # noqa: E402
 
 FORWARDED_PORT = 31300
 
 
 def loopback(model: Path, new_tokens: int, repeats: int) -> float:
+    """Tokens/s on 127.0.0.1, measured by the same client program as the other rows (a new process per run)."""
     with LocalSwarm(str(model), [(0, 2), (2, 4)], server_args=["--throughput", "100"], env=TEST_ENV) as swarm:
-        client = DistributedCausalLM.connect(str(model), swarm.initial_peers)
-        try:
-            wait_covered(client.swarm, client.num_blocks)
-            best = 0.0
-            for _ in range(repeats):
-                began = time.perf_counter()
-                result = generate(client, PROMPT, GenerationSettings(max_new_tokens=new_tokens), stop_token_ids=set())
-                best = max(best, len(result.tokens) / (time.perf_counter() - began))
-            return best
-        finally:
-            client.close()
+        best = 0.0
+        for _ in range(repeats):
+            command = [sys.executable, CLIENT, "generate", str(model), ",".join(swarm.initial_peers)]
+            done = subprocess.run(
+                [*command, ",".join(map(str, PROMPT)), str(new_tokens)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={**os.environ, **TEST_ENV, "PYTHONPATH": str(ROOT)},
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"the loopback client failed:\n{done.stderr[-2000:]}")
+            answer = json.loads(done.stdout.strip().splitlines()[-1])
+            best = max(best, len(answer["tokens"]) / answer["seconds"])
+        return best
 
 
 def through_nat(model: Path, keys: Path, new_tokens: int, repeats: int) -> dict[str, float]:
@@ -99,6 +107,7 @@ def main() -> None:
         keys.mkdir()
         base = loopback(model, args.new_tokens, args.repeats)
         rates = through_nat(model, keys, args.new_tokens, args.repeats)
+        base = max(base, loopback(model, args.new_tokens, args.repeats))  # before and after: the machine drifts
     print(f"{'path':<10} {'tokens/s':>9} {'vs loopback':>12}")
     print(f"{'loopback':<10} {base:9.1f} {1.0:12.2f}")
     for name, rate in rates.items():
