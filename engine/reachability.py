@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 DIAL_TIMEOUT_S = 8.0  # one dial-back attempt; a NAT drops the packets, so failure is a timeout
 ASK_PEERS = 3  # peers asked in turn; the first that answers decides
+MAX_CONCURRENT_DIALS = 2  # dial-back checks one node runs at once; the others wait
+MAX_DIAL_ADDRESSES = 8  # addresses tried per check, and per server a client dials
 _P2P_CODE, _CIRCUIT_CODE = bytes.fromhex("a503"), bytes.fromhex("a202")  # varints of multicodecs 421 and 290
 
 
@@ -88,7 +90,7 @@ def direct_addresses(maddrs: Sequence[str]) -> list[str]:
 
 async def connect_via(p2p: P2P, peer_id: str, maddrs: Sequence[str], timeout: float = DIAL_TIMEOUT_S) -> None:
     """Open a connection to ``peer_id`` at any of ``maddrs`` (circuit ones included); raises if none works."""
-    addresses = [_MaddrBytes(text) for text in maddrs]
+    addresses = [_MaddrBytes(text) for text in list(maddrs)[:MAX_DIAL_ADDRESSES]]
     async with asyncio.timeout(timeout):
         await p2p._client.connect(PeerID.from_base58(peer_id), addresses)  # noqa: SLF001 (P2P has no public connect)
 
@@ -96,13 +98,17 @@ async def connect_via(p2p: P2P, peer_id: str, maddrs: Sequence[str], timeout: fl
 class DialBack(ServicerBase):
     """Dials a peer back at the addresses it names, from a new libp2p peer: "can others reach me?"."""
 
+    def __init__(self, max_concurrent: int = MAX_CONCURRENT_DIALS):
+        self._slots = asyncio.Semaphore(max_concurrent)  # each check starts a p2pd: a flood must not start hundreds
+
     async def rpc_dial_back(
         self, request: runtime_pb2.ExpertRequest, context: P2PContext
     ) -> runtime_pb2.ExpertResponse:
         _, metadata = wire.unpack(request)
-        maddrs = [str(item) for item in metadata.get("maddrs", [])][:16]
+        maddrs = [str(item) for item in metadata.get("maddrs", [])][:MAX_DIAL_ADDRESSES]
         peer = context.remote_id.to_base58()  # only the asker itself is dialed: no dialing others on request
-        return wire.response(reached=await dial_from_outside(peer, maddrs))
+        async with self._slots:
+            return wire.response(reached=await dial_from_outside(peer, maddrs))
 
 
 async def dial_from_outside(peer_id: str, maddrs: Sequence[str], timeout: float = DIAL_TIMEOUT_S) -> bool:
