@@ -67,9 +67,45 @@ def _measure_compute(settings: Settings) -> ComputeMeasure:
 
 def _measure_network(settings: Settings, initial_peers: list[str], swarm_key: str | None) -> NetworkMeasure:
     try:
-        return asyncio.run(_network(settings, initial_peers, swarm_key))
+        measure = asyncio.run(_network(settings, initial_peers, swarm_key))
     except Exception as error:  # an unreachable swarm is a result, not a failure of the benchmark
         return NetworkMeasure(detail=f"could not reach the swarm: {error}")
+    if settings.swarm.name == "local":
+        return measure
+    reachability, why = asyncio.run(_reachability(settings, initial_peers, swarm_key))
+    detail = "; ".join(text for text in (measure.detail, why) if text)
+    return measure.model_copy(update={"reachability": reachability, "detail": detail})
+
+
+async def _reachability(settings: Settings, initial_peers: list[str], swarm_key: str | None) -> tuple[str, str]:
+    """How peers would reach a server of this machine (direct, relay, unreachable), by the check a server runs."""
+    from engine.identity import EphemeralIdentity
+    from engine.server.network import UnreachableError, join_network
+    from engine.server.settings import ServerSettings
+    from engine.swarm_key import load_swarm_key
+
+    swarm = settings.swarm
+    probe = ServerSettings(
+        model=swarm.model,
+        initial_peers=initial_peers,
+        host=swarm.listen_host(),
+        port=swarm.port,
+        announce_host=swarm.announce_host or None,
+        announce_port=swarm.announce_port or None,
+        reachability="check",
+    )
+    identity = EphemeralIdentity()
+    try:
+        key = load_swarm_key(swarm_key) if swarm_key else None
+        joined = await join_network(probe, identity.path, key)
+    except UnreachableError as error:
+        return "unreachable", str(error)
+    except Exception as error:  # e.g. the agent's own server holds the port
+        return "", f"could not check reachability: {error}"
+    finally:
+        identity.remove()
+    await joined.p2p.shutdown()
+    return joined.reachability.value, ""
 
 
 async def _network(settings: Settings, initial_peers: list[str], swarm_key: str | None) -> NetworkMeasure:

@@ -233,6 +233,20 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+REACHABILITY_WORDS = {
+    "direct": "directly",
+    "relay": "through a relay",
+    "unreachable": "not at all",
+    "unknown": "not checked (local swarm)",
+}
+
+
+def reachability_text(reachability: str | None, rtt_ms: float | None) -> str:
+    """How peers reach this machine's server, and the round trip to the swarm, in the words the CLI uses."""
+    words = REACHABILITY_WORDS.get(reachability or "unknown", reachability or "unknown")
+    return words + (f", {rtt_ms:.0f} ms round trip to the swarm" if rtt_ms is not None else "")
+
+
 def format_status(status: Any) -> str:
     """The human form of ``Status``: mode and reason first, in the words the tray uses."""
     since = time.strftime("%H:%M:%S", time.localtime(status.since))
@@ -251,6 +265,8 @@ def format_status(status: Any) -> str:
     if server.detail:
         parts.append(server.detail)
     lines.append("server: " + ", ".join(parts))
+    if server.reachability or server.swarm_rtt_ms is not None:
+        lines.append("reachable: " + reachability_text(server.reachability, server.swarm_rtt_ms))
     swarm = status.swarm
     coverage = f", {swarm.coverage:.0%} of blocks served" if swarm.coverage is not None else ""
     servers = f", {swarm.servers} servers" if swarm.servers is not None else ""

@@ -7,6 +7,8 @@ import signal
 from collections.abc import Callable
 
 from engine.peer import join_swarm
+from engine.reachability import DialBack
+from engine.rejoin import keep_joined
 
 
 async def run_dht_node(
@@ -26,6 +28,8 @@ async def run_dht_node(
         swarm_key=swarm_key,
         host_maddrs=[f"/ip4/{host}/tcp/{port}"],
     )
+    await DialBack().add_p2p_handlers(p2p)  # joining servers ask whether they can be reached
+    rejoin = asyncio.create_task(keep_joined(p2p, node, initial_peers or []))  # bootstrap peers restart too
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -36,5 +40,6 @@ async def run_dht_node(
     try:
         await stop.wait()
     finally:
+        rejoin.cancel()
         await node.shutdown()
         await p2p.shutdown()

@@ -225,7 +225,10 @@ class Lender:
             "--control-dir",
             str(self._control_dir(index)),
         ]
-        args += ["--host", swarm.host, "--port", str(swarm.port if index == 0 else 0), "--device", device]
+        args += ["--host", swarm.listen_host(), "--port", str(swarm.port if index == 0 else 0), "--device", device]
+        if swarm.announce_host and index == 0:  # the forwarded port belongs to the first server
+            args += ["--announce-host", swarm.announce_host]
+            args += ["--announce-port", str(swarm.announce_port)] if swarm.announce_port else []
         args += ["--dtype", compute.dtype]
         if swarm.dht_prefix:
             args += ["--dht-prefix", swarm.dht_prefix]
@@ -248,6 +251,8 @@ class Lender:
         if event.ready:
             fields["peer_id"] = event.ready.get("peer_id")
             fields["blocks"] = tuple(event.ready.get("blocks", ())) or None
+            fields["reachability"] = event.ready.get("reachability")
+            fields["swarm_rtt_ms"] = event.ready.get("swarm_rtt_ms")
         if event.state in ("stopped", "crashed", "failed"):
             fields["sessions"] = 0
         self.state.update_server(**fields)

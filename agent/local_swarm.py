@@ -97,9 +97,10 @@ class LocalSwarm:
             self._wait_ready([child])
         return child
 
-    def _spawn(self, name: str, args: list[str]) -> Child:
+    def _spawn(self, name: str, args: list[str], wrap: Sequence[str] = ()) -> Child:
+        """Start ``nectar ARGS`` as child ``name``; ``wrap`` prefixes the command (tests: ``ip netns exec NS``)."""
         process = subprocess.Popen(
-            [*child_command(), *args, "--ready-json"],
+            [*wrap, *child_command(), *args, "--ready-json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

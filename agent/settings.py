@@ -51,8 +51,25 @@ class SwarmSettings(Group):
     initial_peers: list[str] = setting([], "multiaddrs of the swarm's DHT peers (not used by the local swarm)")
     dht_prefix: str = setting("", "the swarm's name for the model ('': derived from the model)")
     local_servers: int = setting(1, "servers this agent runs in the local swarm", ge=1, le=8)
-    host: str = setting("127.0.0.1", "address the server listens on for peers (0.0.0.0: every interface)")
-    port: int = setting(0, "TCP port of the server (0: any free port)", ge=0, le=65535)
+    host: str = setting(
+        "auto",
+        "address the server listens on for peers (auto: 127.0.0.1 in the local swarm, every interface (0.0.0.0) "
+        "in a named swarm)",
+        min_length=1,
+    )
+    port: int = setting(
+        0, "TCP port of the server (0: any free port); fix it to forward it on your router", ge=0, le=65535
+    )
+    announce_host: str = setting(
+        "", "public address peers dial, when your router forwards the port to this machine ('': found by libp2p)"
+    )
+    announce_port: int = setting(0, "public port peers dial, if the router maps another (0: the same)", ge=0, le=65535)
+
+    def listen_host(self) -> str:
+        """The address the server listens on: loopback for the local swarm unless set otherwise."""
+        if self.host != "auto":
+            return self.host
+        return "127.0.0.1" if self.name == "local" else "0.0.0.0"
 
 
 class ComputeSettings(Group):

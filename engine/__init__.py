@@ -16,6 +16,8 @@ Map of the package:
   it names signed it, and never with a far-future expiry.
 - ``swarm_key.py``: private swarms: key files and ``GuardedP2P``, which serves and calls only peers holding the key.
 - ``wire.py``: the RPC message format (tensors plus msgpack metadata) and the errors that cross the wire.
+- ``reachability.py``: dial-back checks (can peers reach me?), circuit-relay addresses, dialing a server by them.
+- ``rejoin.py``: greeting the bootstrap peers again and again, so that a restarted one learns of us.
 - ``server/``: a server process (block backend, cache budget, RPC handler, announcer, throughput, placement).
 - ``client/``: routing, inference sessions, remote forward/backward, the distributed causal LM and generation.
 - ``balance/``: block selection as pure functions and the swarm simulator.

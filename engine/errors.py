@@ -7,8 +7,10 @@
 from engine.client.routing import MissingBlocksError
 from engine.models.registry import UnsupportedModelError
 from engine.peer import SwarmJoinError
+from engine.server.network import UnreachableError
 from engine.weights import ModelNotFoundError
 from engine.wire import BadRequest, RemoteError
 
-USER_ERRORS = (ModelNotFoundError, UnsupportedModelError, MissingBlocksError, BadRequest, RemoteError, ValueError)
+USER_ERRORS = (ModelNotFoundError, UnsupportedModelError, MissingBlocksError, BadRequest, RemoteError, ValueError,
+               UnreachableError)  # fmt: skip
 SWARM_ERRORS = (MissingBlocksError, RemoteError, SwarmJoinError)

@@ -21,6 +21,47 @@ class SwarmJoinError(ConnectionError):
     """No initial peer let this peer in: wrong addresses, or a private swarm without (the right) key."""
 
 
+async def start_peer(initial_peers: Sequence[str], *, swarm_key: bytes | None = None, **p2p_options: Any) -> P2P:
+    """The P2P daemon; with ``swarm_key`` (see ``engine.swarm_key``) it serves and calls only peers that hold the same
+    key. ``p2p_options`` go to ``P2P.create``."""
+    p2p = await (P2P if swarm_key is None else GuardedP2P).create(initial_peers=list(initial_peers), **p2p_options)
+    if swarm_key is not None:
+        try:
+            await p2p.guard(swarm_key)
+        except BaseException:
+            await p2p.shutdown()
+            raise
+    return p2p
+
+
+def signing_key(p2p: P2P, identity_path: str) -> PeerKey:
+    """The private key of ``identity_path``, which must be the identity the daemon runs with."""
+    key = PeerKey.load(identity_path)
+    if key.peer_id != p2p.peer_id.to_base58():
+        raise IdentityError(f"the key in {identity_path} does not match the peer id the daemon uses")
+    return key
+
+
+async def join_dht(
+    p2p: P2P, initial_peers: Sequence[str], *, client_mode: bool, key: PeerKey | None, private: bool
+) -> DHTNode:
+    """A DHT node over ``p2p`` that validates records (and signs its own with ``key``)."""
+    try:
+        return await DHTNode.create(
+            p2p=p2p,
+            initial_peers=list(initial_peers),
+            client_mode=client_mode,
+            record_validator=SignedRecordValidator(key),
+        )
+    except RuntimeError as error:
+        if "bootstrap failed" not in str(error):
+            raise
+        raise SwarmJoinError(
+            "could not join the swarm: no initial peer answered (check --initial-peers; "
+            + ("is --swarm-key the swarm's key?)" if private else "a private swarm also needs its --swarm-key)")
+        ) from None
+
+
 async def join_swarm(
     initial_peers: Sequence[str],
     *,
@@ -33,41 +74,22 @@ async def join_swarm(
     """Start the P2P daemon and a DHT node that validates records; with ``signing``, also this peer's key.
 
     A signing peer without ``identity_path`` gets a fresh identity whose key Python keeps (the daemon's own made-up
-    key would be out of reach). With ``swarm_key`` (see ``engine.swarm_key``) the peer serves and calls only peers
-    that hold the same key. ``p2p_options`` go to ``P2P.create``.
+    key would be out of reach).
     """
-    key, ephemeral = None, None
-    if signing and identity_path is None:
-        ephemeral = EphemeralIdentity()
-        p2p_options.update(identity_path=ephemeral.path, check_if_identity_free=False)
-    elif identity_path is not None:
-        p2p_options["identity_path"] = identity_path
+    ephemeral = EphemeralIdentity() if signing and identity_path is None else None
+    if ephemeral is not None:
+        identity_path = ephemeral.path
+        p2p_options["check_if_identity_free"] = False
     try:
-        p2p = await (P2P if swarm_key is None else GuardedP2P).create(initial_peers=list(initial_peers), **p2p_options)
+        p2p = await start_peer(initial_peers, swarm_key=swarm_key, identity_path=identity_path, **p2p_options)
     finally:
         if ephemeral is not None:
             ephemeral.remove()  # the daemon has read it (or failed): the key stays in memory only
     try:
-        if swarm_key is not None:
-            await p2p.guard(swarm_key)
+        key = None
         if signing:
-            key = ephemeral.key if ephemeral is not None else PeerKey.load(identity_path)
-            if key.peer_id != p2p.peer_id.to_base58():
-                raise IdentityError(f"the key in {identity_path} does not match the peer id the daemon uses")
-        try:
-            node = await DHTNode.create(
-                p2p=p2p,
-                initial_peers=list(initial_peers),
-                client_mode=client_mode,
-                record_validator=SignedRecordValidator(key),
-            )
-        except RuntimeError as error:
-            if "bootstrap failed" not in str(error):
-                raise
-            raise SwarmJoinError(
-                "could not join the swarm: no initial peer answered (check --initial-peers; "
-                + ("is --swarm-key the swarm's key?)" if swarm_key else "a private swarm also needs its --swarm-key)")
-            ) from None
+            key = ephemeral.key if ephemeral is not None else signing_key(p2p, identity_path)
+        node = await join_dht(p2p, initial_peers, client_mode=client_mode, key=key, private=swarm_key is not None)
     except BaseException:
         await p2p.shutdown()
         raise

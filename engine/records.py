@@ -71,11 +71,19 @@ class ServerRecord:
     quantization: str = "none"
     version: str = PROTOCOL_VERSION
     adapters: tuple[str, ...] = field(default_factory=tuple)
+    # where peers dial it: its checked public addresses, or circuit addresses through relays; () = ask libp2p
+    maddrs: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def relayed(self) -> bool:
+        """Reached only through relays: an extra hop, and a relay's bandwidth shared with others."""
+        return bool(self.maddrs) and all("/p2p-circuit" in maddr for maddr in self.maddrs)
 
     def to_dict(self) -> dict[str, Any]:
         record = dataclasses.asdict(self)
         record["state"] = self.state.value
         record["adapters"] = list(self.adapters)
+        record["maddrs"] = list(self.maddrs)
         return record
 
     @classmethod
@@ -100,6 +108,7 @@ class ServerRecord:
                     if value is None:
                         return None
                     values[name] = value if name in ("throughput", "inference_rps") else int(value)
+            values["maddrs"] = tuple(str(maddr) for maddr in values.get("maddrs", ()))
             record = cls(**values)
             if not (isinstance(record.start, int) and isinstance(record.end, int) and 0 <= record.start < record.end):
                 return None

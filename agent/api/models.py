@@ -34,6 +34,8 @@ class ServerStatus(Answer):
     sessions: int = 0  # sessions open on it now
     restarts: int = 0  # crashes it was restarted after
     detail: str = ""  # why it is in this state (the crash reason, the drain, ...)
+    reachability: str | None = None  # how peers reach it: direct, relay (through a relay), unknown (not checked)
+    swarm_rtt_ms: float | None = None  # round trip to the swarm's bootstrap peers when it joined
 
 
 class SwarmStatus(Answer):
@@ -135,6 +137,7 @@ class NetworkMeasure(Answer):
     bandwidth_mbps: float | None = None
     rtt_ms: float | None = None
     peers: int = 0
+    reachability: str = ""  # named swarms: direct, relay or unreachable, as a server of this machine would be
     detail: str = ""
 
 

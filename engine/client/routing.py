@@ -20,6 +20,7 @@ from engine.records import MAX_INFERENCE_RPS, MAX_THROUGHPUT, ServerRecord, Serv
 # a banned server failed, a server short of cache only announced so up to one announce period ago.
 BAN_PENALTY = 1e6
 NO_CACHE_PENALTY = 1e3
+RELAY_PENALTY = 0.1  # seconds added to a relayed server: its extra hop, and a relay is shared; direct ones first
 
 
 class MissingBlocksError(RuntimeError):
@@ -129,6 +130,7 @@ def inference_route(
 
     def penalty(record: ServerRecord) -> float:
         cost = BAN_PENALTY if record.peer_id in banned else 0.0
+        cost += RELAY_PENALTY if record.relayed else 0.0
         return cost + (NO_CACHE_PENALTY if record.free_cache_tokens < cache_tokens else 0.0)
 
     best: dict[int, float] = {start: 0.0}

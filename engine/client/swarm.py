@@ -7,6 +7,7 @@ coroutines to this loop and waits for them, with a timeout where one makes sense
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -18,11 +19,15 @@ from engine import records
 from engine.client.config import ClientSettings
 from engine.client.router import Router
 from engine.peer import join_swarm
+from engine.reachability import connect_via
 from engine.records import ServerRecord
+from engine.rejoin import keep_joined
 from engine.swarm_key import load_swarm_key
 from engine.wire import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+DIAL_TIMEOUT_S = 5.0  # a server that cannot be dialed in this time is left to the router's bans
 
 
 class SwarmConnection:
@@ -46,6 +51,7 @@ class SwarmConnection:
         try:
             swarm_key = load_swarm_key(self.settings.swarm_key) if self.settings.swarm_key else None
             self.p2p, self.node = self.run(self._start(list(initial_peers), swarm_key), timeout=start_timeout)
+            asyncio.run_coroutine_threadsafe(keep_joined(self.p2p, self.node, list(initial_peers)), self.loop)
         except BaseException:
             self._stop_loop()
             raise
@@ -63,7 +69,26 @@ class SwarmConnection:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     async def read_blocks(self, start: int, end: int) -> dict[int, list[ServerRecord]]:
-        return await records.read_blocks(self.node, self.dht_prefix, range(start, end))
+        """The blocks' records; servers that announce addresses are connected on the way, so they can be called."""
+        blocks = await records.read_blocks(self.node, self.dht_prefix, range(start, end))
+        await self._connect(records.spans_of(blocks).values())
+        return blocks
+
+    async def _connect(self, servers) -> None:
+        """Dial servers with announced addresses that are not connected yet: libp2p's own peer routing finds no
+        circuit addresses, and drops addresses it deems unroutable."""
+        dialable = [record for record in servers if record.maddrs and record.state != records.ServerState.OFFLINE]
+        if not dialable:
+            return
+        connected = {info.peer_id.to_base58() for info in await self.p2p.list_peers()}
+        todo = [record for record in dialable if record.peer_id not in connected]
+        results = await asyncio.gather(
+            *(connect_via(self.p2p, record.peer_id, record.maddrs, DIAL_TIMEOUT_S) for record in todo),
+            return_exceptions=True,
+        )
+        for record, result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.info("could not dial %s at %s: %s", record.peer_id[-8:], list(record.maddrs), result)
 
     def close(self) -> None:
         if self.loop.is_closed():

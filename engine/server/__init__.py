@@ -18,5 +18,6 @@ throughput as balancing sees it is a ``ServerPlacement`` (``engine.balance``).
 - ``placement.py``: records -> ``ServerPlacement``; the span a joining server takes and the rebalancing check.
 - ``span_host.py``: ``SpanHost`` (the served span, its records, a move without a gap) and ``BackendSwitch``.
 - ``faults.py``: faults that tests inject into a real server process (``NECTAR_TEST_FAULT``).
+- ``network.py``: ``join_network``: listen, announce, get dialed back, else relays, else say which port to forward.
 - ``server.py``: ``Server`` and ``run_server``: load, join the DHT, announce, serve, leave cleanly.
 """

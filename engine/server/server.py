@@ -17,11 +17,13 @@ import torch
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P
 
-from engine.identity import PeerKey
+from engine.identity import EphemeralIdentity, PeerKey
 from engine.models.registry import get_family
-from engine.peer import join_swarm
+from engine.peer import join_dht, signing_key
 from engine.quantization import check_quantization
+from engine.reachability import DialBack, Reachability
 from engine.records import ServerRecord, ServerState, default_dht_prefix
+from engine.rejoin import keep_joined, round_trip
 from engine.server import placement
 from engine.server.activations import ActivationStore
 from engine.server.adapters import AdapterSet
@@ -30,6 +32,7 @@ from engine.server.control import ServerControl
 from engine.server.executor import PriorityExecutor
 from engine.server.handler import BlockServicer
 from engine.server.memory import CacheBudget
+from engine.server.network import announce_maddrs, join_network, should_check
 from engine.server.precision import dtype_name, resolve_device, resolve_dtype
 from engine.server.settings import ServerSettings, settings_fields
 from engine.server.span_host import SpanHost
@@ -38,7 +41,6 @@ from engine.server.throughput import NetworkProbe, announced_throughput, parse_t
 from engine.signed_records import MAX_RECORD_TTL
 from engine.swarm_key import load_swarm_key
 from engine.weights import resolve_model
-from engine.wire import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class Server:
         placement.check_settings(settings)
         if not 0 < settings.record_ttl <= MAX_RECORD_TTL:
             raise ValueError(f"--record-ttl must be in (0, {MAX_RECORD_TTL:.0f}] seconds, got {settings.record_ttl}")
+        announce_maddrs(settings), should_check(settings)  # a bad address setting fails before loading anything
         check_quantization(settings.quant)
         self.settings = settings
         self.swarm_key = load_swarm_key(settings.swarm_key) if settings.swarm_key else None
@@ -95,6 +98,8 @@ class Server:
         self.state = ServerState.JOINING
         self.rng = np.random.default_rng()
         self.p2p: P2P | None = None
+        self.reachability, self.maddrs = Reachability.UNKNOWN, []
+        self.swarm_rtt: float | None = None  # seconds of the quickest ping to a bootstrap peer
         self.node: DHTNode | None = None
         self.key: PeerKey | None = None  # signs this server's records
         self.host: SpanHost | None = None
@@ -131,16 +136,24 @@ class Server:
         if self.settings.num_threads:
             torch.set_num_threads(self.settings.num_threads)
         length = self._span_length()
-        self.p2p, self.node, self.key = await join_swarm(
-            self.settings.initial_peers,
-            client_mode=False,
-            signing=True,
-            identity_path=self.settings.identity_path,
-            swarm_key=self.swarm_key,
-            host_maddrs=[f"/ip4/{self.settings.host}/tcp/{self.settings.port}"],
-            persistent_conn_max_msg_size=MAX_MESSAGE_BYTES,
-        )
+        ephemeral = EphemeralIdentity() if self.settings.identity_path is None else None  # a key Python can sign with
         try:
+            joined = await join_network(self.settings, self.settings.identity_path or ephemeral.path, self.swarm_key)
+        finally:
+            if ephemeral is not None:
+                ephemeral.remove()  # the daemon has read it: the key stays in memory only
+        self.p2p, self.reachability, self.maddrs = joined.p2p, joined.reachability, joined.maddrs
+        try:
+            self.key = ephemeral.key if ephemeral is not None else signing_key(self.p2p, self.settings.identity_path)
+            self.node = await join_dht(
+                self.p2p,
+                self.settings.initial_peers,
+                client_mode=False,
+                key=self.key,
+                private=self.swarm_key is not None,
+            )
+            self._tasks.append(asyncio.create_task(keep_joined(self.p2p, self.node, self.settings.initial_peers)))
+            self.swarm_rtt = await round_trip(self.node, self.settings.initial_peers)
             await self._load(length)
         except BaseException:
             await self._shutdown()
@@ -172,11 +185,14 @@ class Server:
             dtype_name(self.dtype),
         )
         return {"peer_id": self.peer_id, "blocks": [self.host.start, self.host.end], "maddrs": maddrs,
+                "reachability": self.reachability.value, "announced": self.maddrs,
+                "swarm_rtt_ms": None if self.swarm_rtt is None else round(1e3 * self.swarm_rtt, 1),
                 "dht_prefix": self.prefix, "dtype": dtype_name(self.dtype), "device": str(self.device)}  # fmt: skip
 
     async def _load(self, length: int) -> None:
         """Measure throughput, pick the span (unless given), and load it while announcing it as joining."""
         await NetworkProbe().add_p2p_handlers(self.p2p)
+        await DialBack().add_p2p_handlers(self.p2p)
         peers = lambda: placement.peers_in_swarm(self.node, self.prefix, self.total, self.peer_id, self.rng)  # noqa: E731
         self.measured = await server_throughput(
             self.mode, self.source, self.dtype, str(self.device), self.p2p, peers, quantization=self.settings.quant
@@ -231,6 +247,7 @@ class Server:
             dtype=dtype_name(self.dtype),
             quantization=self.settings.quant,
             adapters=tuple(backend.adapters.names) if backend is not None else (),
+            maddrs=tuple(self.maddrs),
         )
 
     def describe(self) -> dict:

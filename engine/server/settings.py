@@ -51,7 +51,30 @@ class ServerSettings:
         metadata={"help": "without --blocks: longest random wait before choosing a span, so that joins spread"},
     )
     port: int = field(default=0, metadata={"help": "TCP port to listen on (0: any free port)"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    host: str = field(
+        default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface, to serve others)"}
+    )
+    announce_host: str | None = field(
+        default=None,
+        metadata={
+            "help": "public address to announce instead of the listened ones, e.g. the router's when its --port is "
+            "forwarded to this machine"
+        },
+    )
+    announce_port: int | None = field(
+        default=None, metadata={"help": "with --announce-host: the public port, if the router maps another"}
+    )
+    reachability: str = field(
+        default="auto",
+        metadata={
+            "help": "ask a peer to dial this server back before announcing: check, skip, or auto (check unless "
+            "listening on loopback only)"
+        },
+    )
+    no_relay: bool = field(
+        default=False,
+        metadata={"help": "when peers cannot dial this server, fail instead of serving through the swarm's relays"},
+    )
     device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:N or mps"})
     dtype: str = field(
         default="auto",
