@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import torch
@@ -21,6 +22,7 @@ from hivemind.proto import runtime_pb2
 
 from engine import wire
 from engine.server.backend import Session, SpanBackend
+from engine.server.batching import StepBatcher, WaitingStep, step_job
 from engine.server.executor import INFERENCE, TRAINING, PriorityExecutor
 from engine.server.limits import Admission, RequestLimits, TooBusy
 from engine.wire import BadRequest, MessageTooLarge
@@ -47,12 +49,15 @@ class BlockServicer:
         describe: Callable[[], dict],
         limits: RequestLimits | None = None,
         simulated_delay: float = 0.0,
+        batching: bool = True,
     ):
+        """``batching``: one-token steps of different sessions that wait together run as one forward."""
         self.backend = backend
         self.executor = executor
         self.describe = describe
         self.limits = limits or RequestLimits()
         self.admission = Admission(self.limits)
+        self.batcher = StepBatcher(enabled=batching)
         self.simulated_delay = simulated_delay  # seconds added to every answer: tests and simulations only
         self.accepting = True  # False while draining: steps in flight finish, new work is refused as unavailable
         self.steps_in_flight = 0  # inference steps, forwards and backwards accepted and not yet answered
@@ -216,6 +221,7 @@ class BlockServicer:
                 return
             if message is None:
                 return
+            received = time.perf_counter()
             try:
                 tensors, meta = wire.unpack(message)
                 if len(tensors) != 1:
@@ -228,9 +234,11 @@ class BlockServicer:
                 yield self._leaving()
                 return
             with self._in_flight():
+                step = WaitingStep(self.backend.owner(session), session, hidden, position)
+                self.batcher.add(step)
                 try:
-                    output = await self._compute(
-                        INFERENCE, peer, self.backend.inference_step, session, hidden, position
+                    output, began, ended = await self._compute(
+                        INFERENCE, peer, _timed(step_job(self.batcher, step)), session, hidden, position
                     )
                 except TooBusy as error:  # nothing was computed: the session is intact
                     yield wire.error_response(str(error), unavailable=True)
@@ -238,8 +246,12 @@ class BlockServicer:
                 except ComputeFailed as error:  # the cache may be half-written: end this session
                     yield wire.error_response(str(error), unavailable=True)
                     return
+                finally:
+                    self.batcher.forget(step)  # a step that was refused or dropped unrun
                 await self._delay()
-                yield wire.response([output], position=position)
+                # where the step's time went on this server (profiling: benchmarks/step_profile.py)
+                timing = {"wait": began - received, "compute": ended - began, "reply": time.perf_counter() - ended}
+                yield wire.response([output], position=position, timing=timing)
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
         """Tensors: hidden states, then optional deep prompts. Metadata: start, end, adapter, keep (see backward)."""
@@ -298,6 +310,18 @@ class BlockServicer:
         hidden = self.backend.check_batch(tensors[0])
         prompts = tensors[-1] if len(tensors) == count + 1 else None
         return hidden, self.backend.check_prompts(prompts, hidden, start, end), start, end
+
+
+def _timed(fn: Callable) -> Callable:
+    """``fn`` that also returns when it started and ended (``time.perf_counter``), for the step's timing."""
+
+    def run(*args: object) -> tuple[object, float, float]:
+        began = time.perf_counter()
+        result = fn(*args)
+        return result, began, time.perf_counter()
+
+    run.__name__ = getattr(fn, "__name__", "compute")
+    return run
 
 
 async def _discard(reader: asyncio.StreamReader, seconds: float) -> None:

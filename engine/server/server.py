@@ -144,7 +144,12 @@ class Server:
             after_job=self.control.after_job if self.control is not None else None,
         )
         self.servicer = BlockServicer(
-            self.host.switch, self.executor, self.describe, self.limits, self.settings.simulated_delay
+            self.host.switch,
+            self.executor,
+            self.describe,
+            self.limits,
+            self.settings.simulated_delay,
+            batching=not self.settings.no_batching,
         )
         await self.servicer.add_p2p_handlers(self.p2p)
         if self.movable and length < self.total:
@@ -231,6 +236,8 @@ class Server:
             "model": self.prefix,
             "max_session_length": self.max_length,
             "session_idle_timeout": self.limits.session_idle_timeout,
+            "step_batches": self.servicer.batcher.batches,  # batched forwards of several sessions' steps
+            "largest_step_batch": self.servicer.batcher.largest,
         }
 
     def control_status(self) -> dict:

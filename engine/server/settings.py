@@ -98,6 +98,13 @@ class ServerSettings:
     drain_timeout: float = field(
         default=30.0, metadata={"help": "seconds a leaving server waits for the steps in flight before it exits"}
     )
+    no_batching: bool = field(
+        default=False,
+        metadata={
+            "help": "compute every inference step alone instead of running one-token steps of different sessions "
+            "that wait at the same time as one batched forward"
+        },
+    )
     simulated_delay: float = field(
         default=0.0, metadata={"help": "seconds added to every RPC answer; for testing and simulating slow links only"}
     )
