@@ -1,17 +1,20 @@
 """Continuous batching through a real server: 8 sessions of different lengths generating at the same time, whose
-one-token steps the server runs as batched forwards, each get exactly the greedy tokens they get alone (slow: a real
-server process on 127.0.0.1)."""
+one-token steps the server runs as batched forwards, each get exactly the greedy tokens they get alone. The server
+also simulates a wide-area link (``--link-latency``), seen in a ping's round trip (slow: a real server process on
+127.0.0.1)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from pathlib import Path
+import time
+from collections.abc import Iterator
 
 import pytest
+from conftest import TEST_ENV
 from reference import make_lively_checkpoint
 from swarm_helpers import call, wait_covered
 
+from agent.local_swarm import LocalSwarm
 from engine import wire
 from engine.client.generation import GenerationSettings, generate
 from engine.client.model import DistributedCausalLM
@@ -22,6 +25,20 @@ pytestmark = pytest.mark.slow
 # length at every batched step, and sessions end (and leave the batch) at different times
 PROMPTS = [[5 + index * 7 + offset for offset in range(1 + 3 * index)] for index in range(8)]
 NEW_TOKENS = [12, 9, 14, 7, 11, 13, 8, 10]
+LINK_LATENCY = 0.02  # one way, in and out of the server
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DistributedCausalLM, str]]:
+    """A client and the peer id of one server holding every block of a tiny checkpoint, behind a simulated link."""
+    checkpoint = make_lively_checkpoint(tmp_path_factory.mktemp("batching") / "llama", "llama")
+    with LocalSwarm(str(checkpoint), [(0, 4)], ["--link-latency", str(LINK_LATENCY)], env=TEST_ENV) as swarm:
+        client = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)
+        try:
+            wait_covered(client.swarm, client.num_blocks)
+            yield client, swarm.servers[0].ready["peer_id"]
+        finally:
+            client.close()
 
 
 def _generate_all(client: DistributedCausalLM, concurrently: bool) -> list[list[int]]:
@@ -56,19 +73,19 @@ def _info(client: DistributedCausalLM, peer_id: str) -> dict:
     return call(client.swarm, peer_id, wire.INFO_PROTOCOL, wire.request())[1]
 
 
-def test_concurrent_sessions_get_their_solo_greedy_tokens(local_swarm: Callable, tmp_path: Path) -> None:
-    checkpoint = make_lively_checkpoint(tmp_path / "llama", "llama")
-    swarm = local_swarm(checkpoint, [(0, 4)])
-    peer_id = swarm.servers[0].ready["peer_id"]
-    client = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)
-    try:
-        wait_covered(client.swarm, client.num_blocks)
-        alone = _generate_all(client, concurrently=False)
-        assert _info(client, peer_id)["step_batches"] == 0  # one session at a time: nothing to batch
-        together = _generate_all(client, concurrently=True)
-        assert together == alone
-        assert [len(tokens) for tokens in together] == NEW_TOKENS
-        info = _info(client, peer_id)
-        assert info["step_batches"] > 0 and info["largest_step_batch"] >= 2
-    finally:
-        client.close()
+def test_concurrent_sessions_get_their_solo_greedy_tokens(served: tuple[DistributedCausalLM, str]) -> None:
+    client, peer_id = served
+    alone = _generate_all(client, concurrently=False)
+    assert _info(client, peer_id)["step_batches"] == 0  # one session at a time: nothing to batch
+    together = _generate_all(client, concurrently=True)
+    assert together == alone
+    assert [len(tokens) for tokens in together] == NEW_TOKENS
+    info = _info(client, peer_id)
+    assert info["step_batches"] > 0 and info["largest_step_batch"] >= 2
+
+
+def test_the_simulated_link_delays_both_directions(served: tuple[DistributedCausalLM, str]) -> None:
+    client, peer_id = served
+    began = time.perf_counter()
+    call(client.swarm, peer_id, wire.PING_PROTOCOL, wire.request())
+    assert time.perf_counter() - began >= 2 * LINK_LATENCY

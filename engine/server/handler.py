@@ -25,6 +25,7 @@ from engine.server.backend import Session, SpanBackend
 from engine.server.batching import StepBatcher, WaitingStep, step_job
 from engine.server.executor import INFERENCE, TRAINING, PriorityExecutor
 from engine.server.limits import Admission, RequestLimits, TooBusy
+from engine.server.link import SimulatedLink
 from engine.wire import BadRequest, MessageTooLarge
 
 logger = logging.getLogger(__name__)
@@ -50,14 +51,17 @@ class BlockServicer:
         limits: RequestLimits | None = None,
         simulated_delay: float = 0.0,
         batching: bool = True,
+        link: SimulatedLink | None = None,
     ):
-        """``batching``: one-token steps of different sessions that wait together run as one forward."""
+        """``batching``: one-token steps of different sessions that wait together run as one forward; ``link``
+        delays every message in and out as a wide-area link would (benchmarks)."""
         self.backend = backend
         self.executor = executor
         self.describe = describe
         self.limits = limits or RequestLimits()
         self.admission = Admission(self.limits)
         self.batcher = StepBatcher(enabled=batching)
+        self.link = link or SimulatedLink()
         self.simulated_delay = simulated_delay  # seconds added to every answer: tests and simulations only
         self.accepting = True  # False while draining: steps in flight finish, new work is refused as unavailable
         self.steps_in_flight = 0  # inference steps, forwards and backwards accepted and not yet answered
@@ -70,7 +74,7 @@ class BlockServicer:
 
     async def add_p2p_handlers(self, p2p: P2P) -> None:
         for protocol, handler in self._unary().items():
-            await p2p.add_protobuf_handler(protocol, handler, runtime_pb2.ExpertRequest)
+            await p2p.add_protobuf_handler(protocol, self.link.wrap(handler), runtime_pb2.ExpertRequest)
         await p2p.add_binary_stream_handler(wire.INFERENCE_PROTOCOL, self.handle_inference)
 
     async def remove_p2p_handlers(self, p2p: P2P) -> None:
@@ -150,6 +154,7 @@ class BlockServicer:
             answers = self._session(stream.peer_id.to_base58(), reader)
             try:
                 async for answer in answers:
+                    await self.link.send(answer)
                     await wire.send_message(answer, writer)
             except (ConnectionError, OSError):  # the client is gone: its session ends here
                 pass
@@ -160,9 +165,11 @@ class BlockServicer:
         """The client's next message; None when the stream ends, TimeoutError after the idle timeout."""
         async with asyncio.timeout(self.limits.session_idle_timeout):
             try:
-                return await wire.receive_message(reader, runtime_pb2.ExpertRequest, self.limits.max_message_bytes)
+                message = await wire.receive_message(reader, runtime_pb2.ExpertRequest, self.limits.max_message_bytes)
             except asyncio.IncompleteReadError:
                 return None
+        await self.link.receive(message)
+        return message
 
     async def _session(self, peer: str, reader: asyncio.StreamReader) -> AsyncIterator[Response]:
         """First message opens a session (start, end, batch_size, max_length, optional adapter; optional tensor:

@@ -27,6 +27,7 @@ from engine.server.backend import SpanBackend
 from engine.server.control import ServerControl
 from engine.server.executor import PriorityExecutor
 from engine.server.handler import BlockServicer
+from engine.server.link import SimulatedLink
 from engine.server.memory import CacheBudget
 from engine.server.precision import dtype_name, resolve_device, resolve_dtype
 from engine.server.settings import ServerSettings, settings_fields
@@ -150,6 +151,7 @@ class Server:
             self.limits,
             self.settings.simulated_delay,
             batching=not self.settings.no_batching,
+            link=SimulatedLink(self.settings.link_latency, self.settings.link_mbps),
         )
         await self.servicer.add_p2p_handlers(self.p2p)
         if self.movable and length < self.total:

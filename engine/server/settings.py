@@ -108,6 +108,17 @@ class ServerSettings:
     simulated_delay: float = field(
         default=0.0, metadata={"help": "seconds added to every RPC answer; for testing and simulating slow links only"}
     )
+    link_latency: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds of one-way latency added to every message this server receives and sends, as over a "
+            "wide-area link; for benchmarks (engine/server/link.py)"
+        },
+    )
+    link_mbps: float = field(
+        default=0.0,
+        metadata={"help": "bandwidth in Mbit/s of each direction of the simulated link (0: unlimited); benchmarks"},
+    )
     adapters: list[str] = field(
         default_factory=list, metadata={"help": "PEFT LoRA adapter directories to serve (named by directory)"}
     )
