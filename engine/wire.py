@@ -32,7 +32,9 @@ INFO_PROTOCOL = "nectar.block/1/info"
 FORWARD_PROTOCOL = "nectar.block/1/forward"
 BACKWARD_PROTOCOL = "nectar.block/1/backward"
 INFERENCE_PROTOCOL = "nectar.block/1/inference"  # a stream: a session request, then one message per step
-UNARY_PROTOCOLS = (PING_PROTOCOL, INFO_PROTOCOL, FORWARD_PROTOCOL, BACKWARD_PROTOCOL)
+# a server hands a step's output to the next server of the client's chain (the session's push key names it there)
+PUSH_PROTOCOL = "nectar.block/1/push"
+UNARY_PROTOCOLS = (PING_PROTOCOL, INFO_PROTOCOL, FORWARD_PROTOCOL, BACKWARD_PROTOCOL, PUSH_PROTOCOL)
 
 _MESSAGE, _END = b"\x00", b"\x01"  # hivemind's stream markers: a message, or an error/end of stream
 _HEADER_BYTES = 8

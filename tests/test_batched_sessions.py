@@ -1,7 +1,10 @@
-"""Continuous batching through a real server: 8 sessions of different lengths generating at the same time, whose
-one-token steps the server runs as batched forwards, each get exactly the greedy tokens they get alone. The server
-also simulates a wide-area link (``--link-latency``), seen in a ping's round trip (slow: a real server process on
-127.0.0.1)."""
+"""Faster generation through a real chain of 2 servers (slow: real server processes on 127.0.0.1):
+- continuous batching: 8 sessions of different lengths generating at the same time, whose one-token steps the
+  servers run as batched forwards, each get exactly the greedy tokens they get alone;
+- server-to-server hand-off: the first server pushes each step's output to the second, and the outputs are
+  exactly those of the client carrying them itself (``no_push``);
+- the servers simulate a wide-area link (``--link-latency``), seen in a ping's round trip.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import torch
 from conftest import TEST_ENV
 from reference import make_lively_checkpoint
 from swarm_helpers import call, wait_covered
@@ -25,14 +29,14 @@ pytestmark = pytest.mark.slow
 # length at every batched step, and sessions end (and leave the batch) at different times
 PROMPTS = [[5 + index * 7 + offset for offset in range(1 + 3 * index)] for index in range(8)]
 NEW_TOKENS = [12, 9, 14, 7, 11, 13, 8, 10]
-LINK_LATENCY = 0.02  # one way, in and out of the server
+LINK_LATENCY = 0.01  # one way, in and out of each server
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DistributedCausalLM, str]]:
-    """A client and the peer id of one server holding every block of a tiny checkpoint, behind a simulated link."""
+    """A client and the peer id of the first of two servers of a tiny checkpoint, both behind a simulated link."""
     checkpoint = make_lively_checkpoint(tmp_path_factory.mktemp("batching") / "llama", "llama")
-    with LocalSwarm(str(checkpoint), [(0, 4)], ["--link-latency", str(LINK_LATENCY)], env=TEST_ENV) as swarm:
+    with LocalSwarm(str(checkpoint), [(0, 2), (2, 4)], ["--link-latency", str(LINK_LATENCY)], env=TEST_ENV) as swarm:
         client = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)
         try:
             wait_covered(client.swarm, client.num_blocks)
@@ -89,3 +93,20 @@ def test_the_simulated_link_delays_both_directions(served: tuple[DistributedCaus
     began = time.perf_counter()
     call(client.swarm, peer_id, wire.PING_PROTOCOL, wire.request())
     assert time.perf_counter() - began >= 2 * LINK_LATENCY
+
+
+def test_servers_pass_outputs_along_the_chain(served: tuple[DistributedCausalLM, str]) -> None:
+    client, _ = served
+    hidden = torch.randn(1, 6, client.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    outputs, pushed = {}, {}
+    for no_push in (False, True):
+        client.swarm.settings.no_push = no_push
+        try:
+            with client.inference_session(max_length=16) as session:
+                outputs[no_push] = [session.step(hidden)] + [session.step(hidden[:, :1] * step) for step in range(4)]
+                pushed[no_push] = session.pushed
+        finally:
+            client.swarm.settings.no_push = False
+    assert pushed == {False: 5, True: 0}  # every step's input of the second server came from the first
+    for with_push, without in zip(outputs[False], outputs[True], strict=True):
+        assert torch.equal(with_push, without)

@@ -44,6 +44,13 @@ class ClientSettings:
             "every request); a server failure or a missing block makes the next route read it afresh"
         },
     )
+    no_push: bool = field(
+        default=False,
+        metadata={
+            "help": "carry each step's hidden states from server to server through the client, instead of letting "
+            "each server pass its output straight to the next one (one trip back to the client per hop)"
+        },
+    )
     batched_replay: bool = field(
         default=False,
         metadata={

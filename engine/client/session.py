@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -53,6 +54,8 @@ class InferenceStream:
         self.hop, self._reader, self._writer = hop, reader, writer
         self.idle_timeout = float("inf")  # as the server announced it when the session opened
         self.last_used = time.monotonic()
+        # the secret under which this session takes steps pushed by the previous server of the chain
+        self.push_key = secrets.token_hex(16)
 
     @classmethod
     async def open(
@@ -72,7 +75,9 @@ class InferenceStream:
             )
         stream = cls(hop, reader, writer)
         try:
-            options = {} if adapter is None else {"adapter": adapter}
+            options: dict = {"push_key": stream.push_key}
+            if adapter is not None:
+                options["adapter"] = adapter
             tensors = [] if prompts is None else [prompts[hop.start : hop.end].to(wire_dtype(hop.record))]
             await stream._send(
                 wire.request(
@@ -124,12 +129,38 @@ class InferenceStream:
             raise BadAnswer(f"{self.name} answered a step with {len(tensors)} tensors instead of 1")
         return check_answer(tensors[0], hidden.shape, self.hop.record, "a step").to(hidden.dtype)
 
-    def _step_request(self, hidden: torch.Tensor, position: int) -> runtime_pb2.ExpertRequest:
-        return wire.request([hidden.to(wire_dtype(self.hop.record))], position=position)
+    def _step_request(self, hidden: torch.Tensor, position: int, **extra: object) -> runtime_pb2.ExpertRequest:
+        return wire.request([hidden.to(wire_dtype(self.hop.record))], position=position, **extra)
 
     async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
         await self._send(self._step_request(hidden, position))
         return self._output(await self._receive(timeout), hidden)
+
+    async def numbered_step(
+        self, hidden: torch.Tensor, position: int, step: int, timeout: float, push: list[dict] | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        """A step numbered ``step``, whose output the server also pushes along ``push`` (the next servers of the
+        chain: peer ids and push keys); returns the output and whether the next server took it."""
+        extra = {"step": step} if push is None else {"step": step, "push": push}
+        await self._send(self._step_request(hidden, position, **extra))
+        answer = await self._numbered_answer(step, timeout)
+        return self._output(answer, hidden), bool(answer[1].get("pushed", False))
+
+    async def pushed_step(self, hidden: torch.Tensor, step: int, timeout: float) -> tuple[torch.Tensor, bool]:
+        """The answer to step ``step``, whose input ``hidden`` the previous server pushed here (the client sends
+        nothing); returns the output and whether this server pushed it on in turn."""
+        self.last_used = time.monotonic()
+        answer = await self._numbered_answer(step, timeout)
+        return self._output(answer, hidden), bool(answer[1].get("pushed", False))
+
+    async def _numbered_answer(self, step: int, timeout: float) -> tuple[list[torch.Tensor], dict]:
+        """The answer to step ``step``, skipping answers to earlier steps (pushes that arrived after the client
+        sent the same step itself, on a retry)."""
+        while True:
+            answer = await self._receive(timeout)
+            number = answer[1].get("step")
+            if not isinstance(number, int) or number >= step:
+                return answer
 
     async def replay(self, history: History, timeout: float) -> list[torch.Tensor]:
         """Send every remembered step at once and collect the outputs; the server rebuilds its cache on the way.
@@ -223,6 +254,8 @@ class InferenceSession:
         self.hops: list[HopState] = []
         self.recoveries = 0  # how many times a failed hop was replaced (diagnostics, benchmarks)
         self.reopened = 0  # how many times a hop idle past its server's timeout was reopened (no failure)
+        self._steps_sent = 0  # steps are numbered, so that a server drops a push of a step it computed already
+        self.pushed = 0  # hop inputs a server passed straight to the next one (diagnostics, benchmarks)
         self._closed = False
 
     @property
@@ -247,13 +280,23 @@ class InferenceSession:
         if not self.hops:
             self.hops = await self._build(0, self.num_blocks, [], budget)
         position, index = self.position, 0
+        self._steps_sent += 1
+        number, pushed = self._steps_sent, False  # pushed: the previous server handed this hop its input
         while index < len(self.hops):
             state = self.hops[index]
             try:
                 if state.stream.expiring:
                     raise wire.RemoteError(state.hop.peer_id, "session idle past the server's timeout", expired=True)
-                output = await state.stream.step(hidden, position, self.step_timeout)
+                if pushed:
+                    self.pushed += 1
+                    output, pushed = await state.stream.pushed_step(hidden, number, self.step_timeout)
+                else:
+                    targets = self._push_targets(index)
+                    output, pushed = await state.stream.numbered_step(
+                        hidden, position, number, self.step_timeout, targets
+                    )
             except Exception as error:
+                pushed = False
                 if not (_expired(error) or is_server_fault(error)):
                     raise  # the request itself was refused: the session stays as it was
                 state.stream.abort()
@@ -268,6 +311,13 @@ class InferenceSession:
             hidden = output
             index += 1
         return hidden
+
+    def _push_targets(self, index: int) -> list[dict] | None:
+        """The servers after hop ``index`` (peer ids and push keys), for its server to push the step's output along
+        the chain; None where pushes are off (``ClientSettings.no_push``) or it is the last hop."""
+        if self.swarm.settings.no_push or index + 1 >= len(self.hops):
+            return None
+        return [{"peer": state.hop.peer_id, "key": state.stream.push_key} for state in self.hops[index + 1 :]]
 
     async def _replace(self, index: int, state: HopState, budget: RetryBudget) -> None:
         """Put a new chain for ``state``'s blocks in its place, its caches rebuilt from the hop's history."""

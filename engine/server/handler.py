@@ -34,6 +34,8 @@ Response = runtime_pb2.ExpertResponse
 # After refusing an oversized message, the stream is read (and dropped, a chunk at a time) for at most this long
 # before it is closed: closing with unread data would reset the connection and could lose the refusal itself.
 LINGER_SECONDS = 2.0
+PUSH_TIMEOUT = 10.0  # seconds a push to the next server may take before the client is told to send it itself
+MAX_PUSH_TARGETS = 64
 
 
 class ComputeFailed(RuntimeError):
@@ -62,6 +64,8 @@ class BlockServicer:
         self.admission = Admission(self.limits)
         self.batcher = StepBatcher(enabled=batching)
         self.link = link or SimulatedLink()
+        self._p2p: P2P | None = None  # for pushes to the next server of a client's chain
+        self._push_inboxes: dict[str, asyncio.Queue] = {}  # push key -> inbox of the session that gave it
         self.simulated_delay = simulated_delay  # seconds added to every answer: tests and simulations only
         self.accepting = True  # False while draining: steps in flight finish, new work is refused as unavailable
         self.steps_in_flight = 0  # inference steps, forwards and backwards accepted and not yet answered
@@ -73,6 +77,7 @@ class BlockServicer:
         return self.admission.open_sessions
 
     async def add_p2p_handlers(self, p2p: P2P) -> None:
+        self._p2p = p2p
         for protocol, handler in self._unary().items():
             await p2p.add_protobuf_handler(protocol, self.link.wrap(handler), runtime_pb2.ExpertRequest)
         await p2p.add_binary_stream_handler(wire.INFERENCE_PROTOCOL, self.handle_inference)
@@ -88,6 +93,7 @@ class BlockServicer:
             wire.INFO_PROTOCOL: self.rpc_info,
             wire.FORWARD_PROTOCOL: self.rpc_forward,
             wire.BACKWARD_PROTOCOL: self.rpc_backward,
+            wire.PUSH_PROTOCOL: self.rpc_push,
         }
 
     @contextlib.contextmanager
@@ -183,6 +189,7 @@ class BlockServicer:
                 yield self._leaving()
                 return
             with self.admission.session(peer):
+                push_key = self._push_key(first)
                 session = self._open(first, peer)
                 try:
                     yield wire.response(
@@ -190,7 +197,7 @@ class BlockServicer:
                         max_length=session.cache.max_length,
                         idle_timeout=self.limits.session_idle_timeout,
                     )
-                    async for answer in self._steps(session, peer, reader):
+                    async for answer in self._steps(session, peer, reader, push_key):
                         yield answer
                 finally:
                     self.backend.close_session(session)
@@ -203,6 +210,17 @@ class BlockServicer:
             yield wire.error_response(str(error))
         except TimeoutError:
             yield wire.error_response(f"no session request within {self.limits.session_idle_timeout:g} s")
+
+    def _push_key(self, first: runtime_pb2.ExpertRequest) -> str | None:
+        """The key under which the session's client lets other servers push steps into it, or None."""
+        key = wire.unpack(first)[1].get("push_key")
+        if key is None:
+            return None
+        if not isinstance(key, str) or not 16 <= len(key) <= 128:
+            raise BadRequest("push key must be a string of 16 to 128 characters")
+        if key in self._push_inboxes:
+            raise BadRequest("this push key is taken by another session; choose a new random one")
+        return key
 
     def _open(self, first: runtime_pb2.ExpertRequest, peer: str) -> Session:
         tensors, meta = wire.unpack(first)
@@ -218,47 +236,122 @@ class BlockServicer:
             peer,
         )
 
-    async def _steps(self, session: Session, peer: str, reader: asyncio.StreamReader) -> AsyncIterator[Response]:
+    async def _steps(
+        self, session: Session, peer: str, reader: asyncio.StreamReader, push_key: str | None
+    ) -> AsyncIterator[Response]:
+        """Steps from the client's stream and, under ``push_key``, from the previous server of its chain (pushes).
+
+        A step may name the servers after this one (``push``: their peers and push keys): its output then goes
+        straight to the first of them, with the rest of the list, and the answer says whether that worked
+        (``pushed``), so the client sends that server the step itself only when it did not. Steps carry the
+        client's ``step`` number: a push of a step already computed (a retry after a failure) is dropped.
+        """
+        inbox: asyncio.Queue = asyncio.Queue()
+        reader_task = asyncio.create_task(self._read_steps(reader, inbox))
+        if push_key is not None:
+            self._push_inboxes[push_key] = inbox
+        last_step = -1
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.limits.session_idle_timeout):
+                        kind, item = await inbox.get()
+                except TimeoutError:
+                    idle = self.limits.session_idle_timeout
+                    yield wire.error_response(f"session closed after {idle:g} s without a step", expired=True)
+                    return
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                received = time.perf_counter()
+                try:
+                    tensors, meta = wire.unpack(item) if kind == "client" else item
+                    step_id = meta.get("step")
+                    if kind == "push" and (not isinstance(step_id, int) or step_id <= last_step):
+                        continue  # computed already: its client sent it here itself
+                    if len(tensors) != 1:
+                        raise BadRequest(f"an inference step carries 1 tensor (hidden states), got {len(tensors)}")
+                    hidden, position = self.backend.check_step(session, tensors[0], meta.get("position"))
+                    targets = _push_targets(meta.get("push"))
+                except BadRequest as error:
+                    yield wire.error_response(str(error))
+                    continue
+                if isinstance(step_id, int):
+                    last_step = max(last_step, step_id)
+                if not self.accepting:  # draining: the client replays this session elsewhere
+                    yield self._leaving()
+                    return
+                with self._in_flight():
+                    step = WaitingStep(self.backend.owner(session), session, hidden, position)
+                    self.batcher.add(step)
+                    try:
+                        output, began, ended = await self._compute(
+                            INFERENCE, peer, _timed(step_job(self.batcher, step)), session, hidden, position
+                        )
+                    except TooBusy as error:  # nothing was computed: the session is intact
+                        yield wire.error_response(str(error), unavailable=True)
+                        continue
+                    except ComputeFailed as error:  # the cache may be half-written: end this session
+                        yield wire.error_response(str(error), unavailable=True)
+                        return
+                    finally:
+                        self.batcher.forget(step)  # a step that was refused or dropped unrun
+                    extra = {} if step_id is None else {"step": step_id}
+                    if targets:
+                        extra["pushed"] = await self._push(output, position, step_id, targets)
+                    await self._delay()
+                    # where the step's time went on this server (profiling: benchmarks/step_profile.py)
+                    timing = {"wait": began - received, "compute": ended - began, "reply": time.perf_counter() - ended}
+                    yield wire.response([output], position=position, timing=timing, **extra)
+        finally:
+            reader_task.cancel()
+            if push_key is not None:
+                self._push_inboxes.pop(push_key, None)
+
+    async def _read_steps(self, reader: asyncio.StreamReader, inbox: asyncio.Queue) -> None:
+        """Move the client's messages into the session's inbox: ("client", message), then ("end", None) or
+        ("error", exception) for a message that broke the stream (the session answers and ends)."""
         while True:
             try:
-                message = await self._receive(reader)
-            except TimeoutError:
-                idle = self.limits.session_idle_timeout
-                yield wire.error_response(f"session closed after {idle:g} s without a step", expired=True)
+                message = await wire.receive_message(reader, runtime_pb2.ExpertRequest, self.limits.max_message_bytes)
+            except (asyncio.IncompleteReadError, ConnectionError, OSError):
+                message = None
+            except BadRequest as error:
+                inbox.put_nowait(("error", error))
                 return
             if message is None:
+                inbox.put_nowait(("end", None))
                 return
-            received = time.perf_counter()
-            try:
-                tensors, meta = wire.unpack(message)
-                if len(tensors) != 1:
-                    raise BadRequest(f"an inference step carries 1 tensor (hidden states), got {len(tensors)}")
-                hidden, position = self.backend.check_step(session, tensors[0], meta.get("position"))
-            except BadRequest as error:
-                yield wire.error_response(str(error))
-                continue
-            if not self.accepting:  # draining: the client replays this session elsewhere
-                yield self._leaving()
-                return
-            with self._in_flight():
-                step = WaitingStep(self.backend.owner(session), session, hidden, position)
-                self.batcher.add(step)
-                try:
-                    output, began, ended = await self._compute(
-                        INFERENCE, peer, _timed(step_job(self.batcher, step)), session, hidden, position
-                    )
-                except TooBusy as error:  # nothing was computed: the session is intact
-                    yield wire.error_response(str(error), unavailable=True)
-                    continue
-                except ComputeFailed as error:  # the cache may be half-written: end this session
-                    yield wire.error_response(str(error), unavailable=True)
-                    return
-                finally:
-                    self.batcher.forget(step)  # a step that was refused or dropped unrun
-                await self._delay()
-                # where the step's time went on this server (profiling: benchmarks/step_profile.py)
-                timing = {"wait": began - received, "compute": ended - began, "reply": time.perf_counter() - ended}
-                yield wire.response([output], position=position, timing=timing)
+            await self.link.receive(message)
+            inbox.put_nowait(("client", message))
+
+    async def _push(self, output: torch.Tensor, position: int, step_id: object, targets: list[dict]) -> bool:
+        """Hand a step's output to the next server of the chain; False if it did not take it."""
+        first, rest = targets[0], targets[1:]
+        message = wire.request([output], key=first["key"], position=position, step=step_id, push=rest or None)
+        try:
+            await self.link.send(message)
+            answer = await wire.call(self._p2p, first["peer"], wire.PUSH_PROTOCOL, message, PUSH_TIMEOUT)
+            wire.unpack_response(answer, first["peer"])
+        except Exception as error:  # the client sends that server the step itself
+            logger.info("could not push a step to server %s: %s", first["peer"][-8:], error)
+            return False
+        return True
+
+    async def rpc_push(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
+        """A step pushed by the previous server of a client's chain, for the session that gave out its ``key``;
+        answered at once (the step's own answer goes to the client on that session's stream)."""
+        try:
+            tensors, meta = wire.unpack(request)
+        except BadRequest as error:
+            return wire.error_response(str(error))
+        key = meta.get("key")
+        inbox = self._push_inboxes.get(key) if isinstance(key, str) else None
+        if inbox is None:
+            return wire.error_response("no open session here takes pushes under this key")
+        inbox.put_nowait(("push", (tensors, meta)))
+        return wire.response()
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
         """Tensors: hidden states, then optional deep prompts. Metadata: start, end, adapter, keep (see backward)."""
@@ -317,6 +410,24 @@ class BlockServicer:
         hidden = self.backend.check_batch(tensors[0])
         prompts = tensors[-1] if len(tensors) == count + 1 else None
         return hidden, self.backend.check_prompts(prompts, hidden, start, end), start, end
+
+
+def _push_targets(targets: object) -> list[dict]:
+    """A step's ``push`` list (the next servers of the chain, each a peer id and a push key), checked."""
+    if targets is None:
+        return []
+    if not isinstance(targets, list) or len(targets) > MAX_PUSH_TARGETS:
+        raise BadRequest(f"push must be a list of at most {MAX_PUSH_TARGETS} servers")
+    for target in targets:
+        if not (
+            isinstance(target, dict)
+            and isinstance(target.get("peer"), str)
+            and 0 < len(target["peer"]) <= 128
+            and isinstance(target.get("key"), str)
+            and 0 < len(target["key"]) <= 128
+        ):
+            raise BadRequest("each push target must be {peer: peer id, key: push key}")
+    return targets
 
 
 def _timed(fn: Callable) -> Callable:
