@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.local_swarm import LocalSwarm, even_spans  # noqa: E402
+from engine import wire  # noqa: E402
 from engine.client.generation import GenerationSettings, chat_prompt, generate  # noqa: E402
 from engine.client.model import DistributedCausalLM  # noqa: E402
 from engine.weights import DEFAULT_MODEL, resolve_model  # noqa: E402
@@ -58,6 +59,16 @@ def run_round(model: DistributedCausalLM, prompts: list[list[int]], new_tokens: 
     return seconds, sum(counts)
 
 
+def batch_counts(model: DistributedCausalLM, peers: list[str]) -> list[tuple[int, int]]:
+    """(batched forwards so far, most sessions in one) of each server, from its ``info``."""
+    counts = []
+    for peer in peers:
+        answer = model.swarm.run(wire.call(model.swarm.p2p, peer, wire.INFO_PROTOCOL, wire.request(), 30), 60)
+        info = wire.unpack_response(answer, peer)[1]
+        counts.append((info.get("step_batches", 0), info.get("largest_step_batch", 0)))
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -87,11 +98,16 @@ def main() -> None:
         try:
             run_round(model, prompts[:2], 4)  # warm-up: connections, caches, first steps
             rows = []
+            peers = [server.ready["peer_id"] for server in swarm.servers]
             for count in args.sessions:
                 chosen = [prompts[index % len(prompts)] for index in range(count)]
+                before = batch_counts(model, peers)
                 seconds, tokens = run_round(model, chosen, args.new_tokens)
+                after = batch_counts(model, peers)
+                batches = [done - old for (done, _), (old, _) in zip(after, before, strict=True)]
                 rows.append((count, tokens / seconds, seconds))
-                print(f"{count} sessions: {tokens / seconds:.1f} tokens/s ({tokens} tokens in {seconds:.2f} s)",
+                print(f"{count} sessions: {tokens / seconds:.1f} tokens/s ({tokens} tokens in {seconds:.2f} s); "
+                      f"batched forwards per server {batches}, largest {[most for _, most in after]}",
                       flush=True)  # fmt: skip
         finally:
             model.close()
