@@ -9,12 +9,13 @@ For every hop of a one-token step it prints, in milliseconds per token (median o
 - outside the handler: client minus the three above (the client's framing and parsing, both P2P daemons, the
   loopback transport, and packing the answer);
 then the same span's step computed in this process (no transport at all), a ping's round trip (the transport
-alone), and the cost of packing and unpacking one token's hidden states.
+alone), a whole step of an inference session with servers passing outputs along the chain and with the client
+carrying every hop, and the cost of packing and unpacking one token's hidden states.
 
 Servers report their part of the timing in each step's answer (``timing``); the client part is measured here.
 The machine's other load counts in every number: compare rows of the same run.
 
-    python benchmarks/step_profile.py [--steps 64] [--servers 2] [--link-latency MS --link-mbps MBPS]
+    python benchmarks/step_profile.py [--steps 64] [--servers 2] [--server-args "--link-latency 0.05"]
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ async def _profile_chain(model: DistributedCausalLM, steps: int, hidden_size: in
     return rows
 
 
+def _session_steps(model: DistributedCausalLM, steps: int, hidden_size: int) -> dict[str, float]:
+    """Median seconds of a whole one-token step through the chain: servers passing outputs along, and not."""
+    results = {}
+    for label, no_push in (("servers pass outputs on", False), ("client carries every hop", True)):
+        model.swarm.settings.no_push = no_push
+        with model.inference_session(max_length=PREFIX_TOKENS + steps + 1) as session:
+            session.step(torch.randn(1, PREFIX_TOKENS, hidden_size))
+            seconds = []
+            for _ in range(steps):
+                began = time.perf_counter()
+                session.step(torch.randn(1, 1, hidden_size))
+                seconds.append(time.perf_counter() - began)
+        results[label] = statistics.median(seconds)
+    model.swarm.settings.no_push = False
+    return results
+
+
 def _local_step(source, start: int, end: int, steps: int) -> list[float]:
     """The same span's one-token steps computed in this process, with its own cache."""
     span = load_span(source, start, end, torch.float32)
@@ -120,6 +138,7 @@ def main() -> None:
         try:
             model.swarm.run(_profile_chain(model, 4, hidden_size))  # warm-up
             rows = model.swarm.run(_profile_chain(model, args.steps, hidden_size))
+            chain = _session_steps(model, args.steps, hidden_size)
         finally:
             model.close()
     local = {row["blocks"]: _local_step(source, *row["blocks"], args.steps) for row in rows}
@@ -138,6 +157,8 @@ def main() -> None:
         )
     print(f"\nchain, client ms per token: {1000 * total:.2f}; all blocks in this process: "
           f"{1000 * statistics.median(whole):.2f}")  # fmt: skip
+    for label, seconds in chain.items():
+        print(f"whole step through the chain, {label}: {1000 * seconds:.2f} ms")
     print(f"pack one token's hidden states: {1e6 * pack:.0f} us, unpack: {1e6 * unpack:.0f} us")
 
 

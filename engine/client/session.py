@@ -38,6 +38,9 @@ History = list[tuple[int, torch.Tensor]]  # (position, hidden states) of every s
 # A hop idle for this share of its server's idle timeout is reopened before the next step rather than risk
 # stepping into a session the server is closing at that moment.
 IDLE_MARGIN = 0.9
+# Share of the step timeout a server may spend pushing a step's output to the next server before it answers that it
+# could not (then the client sends that server the step itself): a next server that hangs is blamed, not this one.
+PUSH_SHARE = 0.25
 
 
 class InferenceStream:
@@ -141,7 +144,9 @@ class InferenceStream:
     ) -> tuple[torch.Tensor, bool]:
         """A step numbered ``step``, whose output the server also pushes along ``push`` (the next servers of the
         chain: peer ids and push keys); returns the output and whether the next server took it."""
-        extra = {"step": step} if push is None else {"step": step, "push": push}
+        extra: dict = {"step": step}
+        if push is not None:  # the server may spend a quarter of the step timeout handing the output on
+            extra.update(push=push, push_timeout=timeout * PUSH_SHARE)
         await self._send(self._step_request(hidden, position, **extra))
         answer = await self._numbered_answer(step, timeout)
         return self._output(answer, hidden), bool(answer[1].get("pushed", False))

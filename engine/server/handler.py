@@ -34,8 +34,9 @@ Response = runtime_pb2.ExpertResponse
 # After refusing an oversized message, the stream is read (and dropped, a chunk at a time) for at most this long
 # before it is closed: closing with unread data would reset the connection and could lose the refusal itself.
 LINGER_SECONDS = 2.0
-PUSH_TIMEOUT = 10.0  # seconds a push to the next server may take before the client is told to send it itself
+PUSH_TIMEOUT = 10.0  # most seconds a push to the next server may take before the client is told to send it itself
 MAX_PUSH_TARGETS = 64
+INBOX_MESSAGES = 4  # steps a session holds read ahead (from its client or pushed), not yet computed
 
 
 class ComputeFailed(RuntimeError):
@@ -246,7 +247,8 @@ class BlockServicer:
         (``pushed``), so the client sends that server the step itself only when it did not. Steps carry the
         client's ``step`` number: a push of a step already computed (a retry after a failure) is dropped.
         """
-        inbox: asyncio.Queue = asyncio.Queue()
+        # bounded: a client that sends ahead waits in its stream (as before), not in this server's memory
+        inbox: asyncio.Queue = asyncio.Queue(maxsize=INBOX_MESSAGES)
         reader_task = asyncio.create_task(self._read_steps(reader, inbox))
         if push_key is not None:
             self._push_inboxes[push_key] = inbox
@@ -274,6 +276,7 @@ class BlockServicer:
                         raise BadRequest(f"an inference step carries 1 tensor (hidden states), got {len(tensors)}")
                     hidden, position = self.backend.check_step(session, tensors[0], meta.get("position"))
                     targets = _push_targets(meta.get("push"))
+                    push_timeout = _push_timeout(meta.get("push_timeout"))
                 except BadRequest as error:
                     yield wire.error_response(str(error))
                     continue
@@ -299,7 +302,7 @@ class BlockServicer:
                         self.batcher.forget(step)  # a step that was refused or dropped unrun
                     extra = {} if step_id is None else {"step": step_id}
                     if targets:
-                        extra["pushed"] = await self._push(output, position, step_id, targets)
+                        extra["pushed"] = await self._push(output, position, step_id, targets, push_timeout)
                     await self._delay()
                     # where the step's time went on this server (profiling: benchmarks/step_profile.py)
                     timing = {"wait": began - received, "compute": ended - began, "reply": time.perf_counter() - ended}
@@ -318,21 +321,29 @@ class BlockServicer:
             except (asyncio.IncompleteReadError, ConnectionError, OSError):
                 message = None
             except BadRequest as error:
-                inbox.put_nowait(("error", error))
+                await inbox.put(("error", error))
                 return
             if message is None:
-                inbox.put_nowait(("end", None))
+                await inbox.put(("end", None))
                 return
             await self.link.receive(message)
-            inbox.put_nowait(("client", message))
+            await inbox.put(("client", message))
 
-    async def _push(self, output: torch.Tensor, position: int, step_id: object, targets: list[dict]) -> bool:
-        """Hand a step's output to the next server of the chain; False if it did not take it."""
+    async def _push(
+        self, output: torch.Tensor, position: int, step_id: object, targets: list[dict], timeout: float
+    ) -> bool:
+        """Hand a step's output to the next server of the chain within ``timeout``; False if it did not take it.
+
+        The client waits for this server's answer meanwhile: the timeout (the client's choice, well within its step
+        timeout) keeps a next server that hangs from making this one look like the one that hangs.
+        """
         first, rest = targets[0], targets[1:]
-        message = wire.request([output], key=first["key"], position=position, step=step_id, push=rest or None)
+        message = wire.request(
+            [output], key=first["key"], position=position, step=step_id, push=rest or None, push_timeout=timeout
+        )
         try:
             await self.link.send(message)
-            answer = await wire.call(self._p2p, first["peer"], wire.PUSH_PROTOCOL, message, PUSH_TIMEOUT)
+            answer = await wire.call(self._p2p, first["peer"], wire.PUSH_PROTOCOL, message, timeout)
             wire.unpack_response(answer, first["peer"])
         except Exception as error:  # the client sends that server the step itself
             logger.info("could not push a step to server %s: %s", first["peer"][-8:], error)
@@ -350,7 +361,10 @@ class BlockServicer:
         inbox = self._push_inboxes.get(key) if isinstance(key, str) else None
         if inbox is None:
             return wire.error_response("no open session here takes pushes under this key")
-        inbox.put_nowait(("push", (tensors, meta)))
+        try:
+            inbox.put_nowait(("push", (tensors, meta)))
+        except asyncio.QueueFull:
+            return wire.error_response("the session has steps waiting; its client sends this one itself")
         return wire.response()
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> Response:
@@ -428,6 +442,15 @@ def _push_targets(targets: object) -> list[dict]:
         ):
             raise BadRequest("each push target must be {peer: peer id, key: push key}")
     return targets
+
+
+def _push_timeout(value: object) -> float:
+    """Seconds a push may take: the client's choice (``push_timeout``), at most ``PUSH_TIMEOUT``."""
+    if value is None:
+        return PUSH_TIMEOUT
+    if not isinstance(value, int | float) or not value > 0:
+        raise BadRequest(f"push timeout must be a positive number of seconds, got {value!r}")
+    return min(float(value), PUSH_TIMEOUT)
 
 
 def _timed(fn: Callable) -> Callable:
