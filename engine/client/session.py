@@ -301,7 +301,10 @@ class InferenceSession:
                         hidden, position, number, self.step_timeout, targets
                     )
             except Exception as error:
-                pushed = False
+                # The rest of the step is sent anew under a new number: answers to pushes of the old one (perhaps
+                # computed from a broken server's output) are skipped, and pushes of the new one are taken.
+                self._steps_sent += 1
+                number, pushed = self._steps_sent, False
                 if not (_expired(error) or is_server_fault(error)):
                     raise  # the request itself was refused: the session stays as it was
                 state.stream.abort()
