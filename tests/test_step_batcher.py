@@ -34,8 +34,8 @@ def session(number: int, start: int = 0, adapter: str | None = None, prompts=Non
     return SimpleNamespace(session_id=number, start=start, end=4, adapter=adapter, prompts=prompts, cache=object())
 
 
-def waiting(batcher: StepBatcher, backend, item, tokens: int = 1) -> WaitingStep:
-    step = WaitingStep(backend, item, torch.full((1, tokens, 2), float(item.session_id)), 3)
+def waiting(batcher: StepBatcher, backend, item, tokens: int = 1, position: int = 3) -> WaitingStep:
+    step = WaitingStep(backend, item, torch.full((1, tokens, 2), float(item.session_id)), position)
     batcher.add(step)
     return step
 
@@ -69,6 +69,14 @@ def test_a_batch_is_capped_at_max_rows_and_forgotten_steps_do_not_run() -> None:
     for step in (steps[0], steps[2], steps[3]):
         batcher.run(step)
     assert backend.calls == [[0, 2], [3]]
+
+
+def test_a_batch_is_capped_in_padded_keys() -> None:
+    batcher, backend = StepBatcher(max_keys=25), RecordingBackend()
+    steps = [waiting(batcher, backend, session(number), position=position) for number, position in enumerate([4, 9, 5])]
+    for step in steps:
+        batcher.run(step)
+    assert backend.calls == [[0, 1], [2]]  # 2 rows padded to 10 keys fit in 25; a third row would make 30
 
 
 def test_a_failed_batch_fails_each_of_its_steps() -> None:

@@ -20,6 +20,9 @@ import torch
 from engine.server.backend import Session, SpanBackend
 
 MAX_BATCH_ROWS = 64  # rows of one batched forward; more waiting steps go to the next batch
+# Rows x keys of the padded attention cache a batched forward gathers per layer (a temporary copy of the sessions'
+# caches): bounds that memory when long sessions batch together.
+MAX_BATCH_KEYS = 2**16
 
 
 @dataclass(eq=False)
@@ -50,8 +53,8 @@ class WaitingStep:
 class StepBatcher:
     """Waiting inference steps; ``run(step)`` (on the compute thread) computes ``step`` and those it can join."""
 
-    def __init__(self, max_rows: int = MAX_BATCH_ROWS, enabled: bool = True):
-        self.max_rows, self.enabled = max_rows, enabled
+    def __init__(self, max_rows: int = MAX_BATCH_ROWS, enabled: bool = True, max_keys: int = MAX_BATCH_KEYS):
+        self.max_rows, self.enabled, self.max_keys = max_rows, enabled, max_keys
         self._waiting: list[WaitingStep] = []
         self._lock = threading.Lock()
         self.batches = 0  # batched forwards of two or more sessions (diagnostics and tests)
@@ -81,22 +84,24 @@ class StepBatcher:
     def _take(self, step: WaitingStep) -> list[WaitingStep]:
         if step in self._waiting:
             self._waiting.remove(step)
-        batch, rows = [step], step.hidden.shape[0]
+        batch, rows, keys = [step], step.hidden.shape[0], step.position + 1
         if not (self.enabled and step.batchable):
             return batch
         for other in list(self._waiting):
             if rows >= self.max_rows:
                 break
+            more_rows, more_keys = rows + other.hidden.shape[0], max(keys, other.position + 1)
             if (
                 other.group == step.group
                 and other.batchable
                 and other.session.cache is not None  # closed while it waited
                 and all(other.session is not taken.session for taken in batch)
-                and rows + other.hidden.shape[0] <= self.max_rows
+                and more_rows <= self.max_rows
+                and more_rows * more_keys <= self.max_keys
             ):
                 self._waiting.remove(other)
                 batch.append(other)
-                rows += other.hidden.shape[0]
+                rows, keys = more_rows, more_keys
         return batch
 
     def _compute(self, batch: list[WaitingStep]) -> None:
