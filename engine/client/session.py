@@ -7,6 +7,12 @@ replays the remembered inputs at their original positions so the new servers reb
 and goes on with the step. Replayed steps keep their original shapes (one message per original step), so the new
 servers compute bit for bit what the old one did and the generated tokens are the same as without the failure.
 
+A step does not come back to the client between hops: it goes to the first server with the list of the servers
+after it (and the keys of the sessions there), each server pushes its output straight to the next one, and every
+server still answers the client, whose record of each hop's inputs stays complete for a replay. A server that could
+not push says so and the client sends that hop the step itself; after a failure the rest of the step is sent under
+a new step number, so answers to the failed attempt's pushes are skipped.
+
 A server closes a session its client left idle for longer than the ``idle_timeout`` it announced when the
 session opened. A client that comes back after such a pause (a user reading the answer) reopens that hop the
 same way, without blaming anyone.
