@@ -70,6 +70,7 @@ _DIRECT_DTYPES = {
 
 
 def pack_tensor(tensor: torch.Tensor) -> runtime_pb2.Tensor:
+    """A tensor as hivemind's uncompressed ``Tensor`` message."""
     tensor = tensor.detach().cpu()
     name = str(tensor.dtype).removeprefix("torch.")
     if name not in _DIRECT_DTYPES:
@@ -84,6 +85,7 @@ def pack_tensor(tensor: torch.Tensor) -> runtime_pb2.Tensor:
 
 
 def unpack_tensor(message: runtime_pb2.Tensor) -> torch.Tensor:
+    """The tensor of a ``Tensor`` message (a malformed one raises; ``unpack`` makes that a ``BadRequest``)."""
     dtype = _DIRECT_DTYPES.get(message.dtype)
     if dtype is None or message.compression != runtime_pb2.CompressionType.NONE or not message.buffer:
         return deserialize_torch_tensor(message)

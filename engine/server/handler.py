@@ -1,4 +1,7 @@
-"""The server's RPCs over hivemind P2P: ping, info, forward, backward (unary) and the inference stream.
+"""The server's RPCs over hivemind P2P: ping, info, forward, backward, push (unary) and the inference stream.
+
+Inference steps of different sessions that wait together run as one batched forward (``engine.server.batching``);
+a step may go on from server to server along its client's chain (pushes, see ``_steps``).
 
 Protocol names and the stream framing are the wire format's (``engine.wire``). Every handler turns a bad request
 into a one-line error response and keeps serving; only the request that broke a rule fails. A server that is busy
