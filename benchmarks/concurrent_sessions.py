@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--no-batching", action="store_true", help="servers compute every step alone")
     parser.add_argument("--link-latency", type=float, default=0.0, help="one-way seconds of every server's link")
-    parser.add_argument("--server-threads", type=int, default=0, help="torch threads of each server (0: default)")
+    parser.add_argument(
+        "--server-threads", type=int, default=0, help="torch threads of each server and of the client (0: default)"
+    )
     args = parser.parse_args()
     source = resolve_model(DEFAULT_MODEL)
     tokenizer = source.tokenizer()
@@ -86,6 +88,7 @@ def main() -> None:
         server_args += ["--link-latency", str(args.link_latency)]
     if args.server_threads:
         server_args += ["--num-threads", str(args.server_threads)]
+        torch.set_num_threads(args.server_threads)
     spans = even_spans(source.config.num_hidden_layers, args.servers)
     print(
         f"model {DEFAULT_MODEL}, {args.servers} servers {spans}, {args.new_tokens} new tokens per session, "
