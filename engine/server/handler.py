@@ -83,7 +83,9 @@ class BlockServicer:
     async def add_p2p_handlers(self, p2p: P2P) -> None:
         self._p2p = p2p
         for protocol, handler in self._unary().items():
-            await p2p.add_protobuf_handler(protocol, self.link.wrap(handler), runtime_pb2.ExpertRequest)
+            # a push crossed the link when its server sent it: any two peers are one link latency apart
+            linked = handler if protocol == wire.PUSH_PROTOCOL else self.link.wrap(handler)
+            await p2p.add_protobuf_handler(protocol, linked, runtime_pb2.ExpertRequest)
         await p2p.add_binary_stream_handler(wire.INFERENCE_PROTOCOL, self.handle_inference)
 
     async def remove_p2p_handlers(self, p2p: P2P) -> None:

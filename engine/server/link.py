@@ -4,7 +4,9 @@ receives and sends (the kernel's netem is not always available, and needs privil
 Each direction is a queue of one wire: a message occupies it for ``bytes / bandwidth`` seconds after the previous
 one has passed, then arrives ``latency`` seconds later. A received message is handed to the server only at its
 arrival time; an answer leaves the server only when it would have arrived at the other end. Applied on the server,
-it delays both directions of its clients' traffic, and the messages it sends to other servers. Set with
+it delays both directions of its clients' traffic, and the steps it pushes to other servers when it sends them (the
+receiving server adds nothing to a push): with every server on the same settings, any two peers, client or server,
+are one ``latency`` apart, as on a wide-area network where everyone is equally far. Set with
 ``nectar serve --link-latency SECONDS --link-mbps MBITS``; both 0 (the default) leave the link as it is.
 """
 
