@@ -4,7 +4,8 @@ Prints tokens/s of a 64-token greedy generation, time to first token, and forwar
 batch 1 and 8 of 128 tokens, each with its ratio to the single process. Ratios are what to compare: this
 machine is noisy, but all rows are measured in the same run.
 
-    python benchmarks/swarm_vs_single.py [--repeats 3] [--new-tokens 64]
+    python benchmarks/swarm_vs_single.py [--repeats 3] [--new-tokens 64] [--threads 1]
+        [--server-args "--link-latency 0.05 --no-batching"]
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def measure_single(source, input_ids: list[int], new_tokens: int, repeats: int) 
     return {"gen": statistics.median(speeds), "ttft": statistics.median(firsts), **_forward_rates(forward, repeats)}
 
 
-def measure_swarm(source, input_ids: list[int], new_tokens: int, repeats: int, servers: int) -> dict:
+def measure_swarm(
+    source, input_ids: list[int], new_tokens: int, repeats: int, servers: int, server_args: list[str]
+) -> dict:
     spans = even_spans(source.config.num_hidden_layers, servers)
-    with LocalSwarm(DEFAULT_MODEL, spans) as swarm:
+    with LocalSwarm(DEFAULT_MODEL, spans, server_args) as swarm:
         model = DistributedCausalLM.connect(DEFAULT_MODEL, swarm.initial_peers)
         try:
             settings = GenerationSettings(max_new_tokens=new_tokens, draft_tokens=0)  # as transformers decodes
@@ -103,7 +106,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of the single process, the client and every server (0: each its default, all cores); "
+        "1 keeps the processes of one machine from competing for cores inside each operation",
+    )
+    parser.add_argument("--server-args", default="", help="extra arguments of every server, space-separated")
     args = parser.parse_args()
+    server_args = args.server_args.split()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        server_args += ["--num-threads", str(args.threads)]
     source = resolve_model(DEFAULT_MODEL)
     input_ids = chat_prompt(source.tokenizer(), PROMPT)
     print(
@@ -113,7 +128,9 @@ def main() -> None:
     )
     rows = {"single process": measure_single(source, input_ids, args.new_tokens, args.repeats)}
     for servers in (2, 3):
-        rows[f"swarm, {servers} servers"] = measure_swarm(source, input_ids, args.new_tokens, args.repeats, servers)
+        rows[f"swarm, {servers} servers"] = measure_swarm(
+            source, input_ids, args.new_tokens, args.repeats, servers, server_args
+        )
     base = rows["single process"]
     print(
         f"\n{'setup':<18} {'gen tok/s':>10} {'ratio':>6} {'TTFT s':>7} "

@@ -37,6 +37,20 @@ class ClientSettings:
     dht_timeout: float = field(
         default=10.0, metadata={"help": "seconds a fresh DHT read may take before the last view is used instead"}
     )
+    view_max_age: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a DHT view of the swarm is reused for routing before it is read again (0: read before "
+            "every request); a server failure or a missing block makes the next route read it afresh"
+        },
+    )
+    no_push: bool = field(
+        default=False,
+        metadata={
+            "help": "carry each step's hidden states from server to server through the client, instead of letting "
+            "each server pass its output straight to the next one (one trip back to the client per hop)"
+        },
+    )
     batched_replay: bool = field(
         default=False,
         metadata={
@@ -79,6 +93,8 @@ class ClientSettings:
         for name in ("step_timeout", "request_timeout", "ban_base", "ban_max", "ping_period", "ping_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+        if self.view_max_age < 0:
+            raise ValueError(f"view max age must be 0 or more, got {self.view_max_age}")
         if self.max_retries < 0:
             raise ValueError(f"max retries must be 0 or more, got {self.max_retries}")
         if not 0 <= self.spot_check_fraction <= 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
@@ -59,15 +60,35 @@ class Router:
         self.speeds = SpeedBook()  # measured throughputs: routing believes no more than these
         self._last_view: dict[int, list[ServerRecord]] = {}
         self.spot = SpotChecker(settings.spot_check_fraction, settings.spot_check_tolerance, random.Random())
+        self._read_at: dict[int, float] = {}  # block -> when its records were last read from the DHT
+
+    def _recent(self, start: int, end: int) -> dict[int, list[ServerRecord]] | None:
+        """The last view of [start, end) if every block was read within ``view_max_age`` and has an online server."""
+        oldest = time.monotonic() - self.settings.view_max_age
+        if all(
+            self._read_at.get(index, -1.0) >= oldest
+            and any(record.state == ServerState.ONLINE for record in self._last_view.get(index, ()))
+            for index in range(start, end)
+        ):
+            return {index: self._last_view[index] for index in range(start, end)}
+        return None
 
     async def view(self, start: int, end: int) -> dict[int, list[ServerRecord]]:
-        """Records of blocks [start, end) read afresh from the DHT; the last view if the DHT does not answer in time."""
+        """Records of blocks [start, end): the view read within ``view_max_age`` (a DHT read costs a round trip
+        to several peers, as much as a whole forward of a small span), else read afresh from the DHT; the last
+        view if the DHT does not answer in time."""
         self.pinger.start()
+        recent = self._recent(start, end)
+        if recent is not None:
+            return recent
+        began = time.monotonic()
         try:
             blocks = await asyncio.wait_for(self.swarm.read_blocks(start, end), self.settings.dht_timeout)
         except TimeoutError:
             logger.warning("the DHT did not answer in %.0f s; routing from the last view", self.settings.dht_timeout)
             blocks = {index: self._last_view.get(index, []) for index in range(start, end)}
+        else:
+            self._read_at.update(dict.fromkeys(blocks, began))
         self._last_view.update(blocks)
         self.pinger.peers = set(spans_of(self._last_view))
         return blocks
@@ -150,6 +171,7 @@ class Router:
 
     def failed(self, hop: Hop, error: BaseException) -> None:
         """Ban a server that failed (connection lost, timeout, unavailable)."""
+        self._read_at.clear()  # the swarm changed (a server left or broke): route from a fresh view
         duration = self.bans.ban(hop.peer_id)
         self.pinger.record_failure(hop.peer_id)  # still avoided after the ban, until it answers a ping again
         logger.warning(

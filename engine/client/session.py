@@ -12,6 +12,12 @@ go to a ``ShadowChain`` over the same blocks on other servers, beside the hop's 
 third chain decides; a server that lied is banned and its hop rebuilt on honest servers before the step is redone,
 so the text stays what the model gives. Steps an unchecked server answered before it was caught are not redone.
 
+A step does not come back to the client between hops: it goes to the first server with the list of the servers
+after it (and the keys of the sessions there), each server pushes its output straight to the next one, and every
+server still answers the client, whose record of each hop's inputs stays complete for a replay. A server that could
+not push says so and the client sends that hop the step itself; after a failure the rest of the step is sent under
+a new step number, so answers to the failed attempt's pushes are skipped.
+
 A server closes a session its client left idle for longer than the ``idle_timeout`` it announced when the
 session opened. A client that comes back after such a pause (a user reading the answer) reopens that hop the
 same way, without blaming anyone.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import torch
@@ -98,6 +105,8 @@ class InferenceSession:
         self.hops: list[HopState] = []
         self.recoveries = 0  # how many times a failed hop was replaced (diagnostics, benchmarks)
         self.reopened = 0  # how many times a hop idle past its server's timeout was reopened (no failure)
+        self._steps_sent = 0  # steps are numbered, so that a server drops a push of a step it computed already
+        self.pushed = 0  # hop inputs a server passed straight to the next one (diagnostics, benchmarks)
         self._closed = False
 
     @property
@@ -131,16 +140,29 @@ class InferenceSession:
         if not self.hops:
             self.hops = await self._build(0, self.num_blocks, [], budget)
         position, index = self.position, 0
+        self._steps_sent += 1
+        number, pushed = self._steps_sent, False  # pushed: the previous server handed this hop its input
         while index < len(self.hops):
             state = self.hops[index]
             try:
                 if state.stream.expiring:
                     raise wire.RemoteError(state.hop.peer_id, "session idle past the server's timeout", expired=True)
-                if self.router.spot.due(state.hop):
-                    output, lied = await self._checked_step(state, hidden, position, budget)
+                due = self.router.spot.due(state.hop)
+                if pushed:  # the previous server handed this hop its input: only the answer is to be read
+                    self.pushed += 1
+                    main = state.stream.pushed_step(hidden, number, self.step_timeout)
+                else:  # a hop under a spot-check hands its output on only once it is verified
+                    targets = None if due else self._push_targets(index)
+                    main = state.stream.numbered_step(hidden, position, number, self.step_timeout, targets)
+                if due:
+                    output, pushed, lied = await self._checked_step(state, main, hidden, position, budget)
                 else:
-                    output, lied = await state.stream.step(hidden, position, self.step_timeout), False
+                    (output, pushed), lied = await main, False
             except Exception as error:
+                # The rest of the step is sent anew under a new number: answers to pushes of the old one (perhaps
+                # computed from a broken server's output) are skipped, and pushes of the new one are taken.
+                self._steps_sent += 1
+                number, pushed = self._steps_sent, False
                 if not (_expired(error) or is_server_fault(error)):
                     raise  # the request itself was refused: the session stays as it was
                 state.stream.abort()
@@ -152,6 +174,8 @@ class InferenceSession:
                 await self._replace(index, state, budget)
                 continue  # the same step, on the new hop(s)
             if lied:  # its server is banned: redo the step on a new chain for its blocks, from honest servers
+                self._steps_sent += 1  # under a new number: answers to what the liar pushed on are skipped
+                number, pushed = self._steps_sent, False
                 state.stream.abort()
                 self.recoveries += 1
                 await self._replace(index, state, budget)
@@ -160,6 +184,13 @@ class InferenceSession:
             hidden = output
             index += 1
         return hidden
+
+    def _push_targets(self, index: int) -> list[dict] | None:
+        """The servers after hop ``index`` (peer ids and push keys), for its server to push the step's output along
+        the chain; None where pushes are off (``ClientSettings.no_push``) or it is the last hop."""
+        if self.swarm.settings.no_push or index + 1 >= len(self.hops):
+            return None
+        return [{"peer": state.hop.peer_id, "key": state.stream.push_key} for state in self.hops[index + 1 :]]
 
     async def _replace(self, index: int, state: HopState, budget: RetryBudget) -> None:
         """Put a new chain for ``state``'s blocks in its place, its caches rebuilt from the hop's history."""
@@ -251,26 +282,32 @@ class InferenceSession:
     # --- spot-checks (engine/client/spot_check.py) ---------------------------------------------------------------
 
     async def _checked_step(
-        self, state: HopState, hidden: torch.Tensor, position: int, budget: RetryBudget
-    ) -> tuple[torch.Tensor, bool]:
-        """The hop's step, compared with a shadow chain's answer computed beside it.
+        self,
+        state: HopState,
+        main: Awaitable[tuple[torch.Tensor, bool]],
+        hidden: torch.Tensor,
+        position: int,
+        budget: RetryBudget,
+    ) -> tuple[torch.Tensor, bool, bool]:
+        """The hop's step (``main``: its output and whether it pushed it on), compared with a shadow chain's
+        answer computed beside it.
 
-        Returns the hop's output and whether its server lied (it is then banned, and the step must be redone).
+        Returns the hop's output, whether it pushed it on, and whether its server lied (it is then banned, and the
+        step must be redone).
         """
         began = time.perf_counter()
-        output, second = await asyncio.gather(
-            state.stream.step(hidden, position, self.step_timeout),
-            self._second_opinion(state, hidden, position),
-            return_exceptions=True,
+        answer, second = await asyncio.gather(
+            main, self._second_opinion(state, hidden, position), return_exceptions=True
         )
         spot = self.router.spot
         spot.stats.seconds += time.perf_counter() - began
-        if isinstance(output, BaseException):
-            raise output
+        if isinstance(answer, BaseException):
+            raise answer
+        output, pushed = answer
         if isinstance(second, BaseException):
             raise second  # a cancellation: failures of the second opinion leave the step unverified instead
         if second is None:
-            return output, False
+            return output, pushed, False
         shadow = state.shadow
         third: list[ShadowChain] = []
 
@@ -299,7 +336,7 @@ class InferenceSession:
             chain.abort()
         if hop.peer_id in liars:
             self.router.recover(hop, lie(hop), budget)  # bans it; a lie counts against the step's retries
-        return output, hop.peer_id in liars
+        return output, pushed, hop.peer_id in liars
 
     async def _second_opinion(self, state: HopState, hidden: torch.Tensor, position: int) -> torch.Tensor | None:
         """The output of ``state``'s blocks for this step from its shadow chain (opened now if needed), or None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 
 import torch
@@ -23,6 +24,9 @@ History = list[tuple[int, torch.Tensor]]  # (position, hidden states) of every s
 # A hop idle for this share of its server's idle timeout is reopened before the next step rather than risk
 # stepping into a session the server is closing at that moment.
 IDLE_MARGIN = 0.9
+# Share of the step timeout a server may spend pushing a step's output to the next server before it answers that it
+# could not (then the client sends that server the step itself): a next server that hangs is blamed, not this one.
+PUSH_SHARE = 0.25
 
 
 class InferenceStream:
@@ -39,6 +43,8 @@ class InferenceStream:
         self.hop, self._reader, self._writer = hop, reader, writer
         self.idle_timeout = float("inf")  # as the server announced it when the session opened
         self.last_used = time.monotonic()
+        # the secret under which this session takes steps pushed by the previous server of the chain
+        self.push_key = secrets.token_hex(16)
 
     @classmethod
     async def open(
@@ -58,7 +64,9 @@ class InferenceStream:
             )
         stream = cls(hop, reader, writer)
         try:
-            options = {} if adapter is None else {"adapter": adapter}
+            options: dict = {"push_key": stream.push_key}
+            if adapter is not None:
+                options["adapter"] = adapter
             tensors = [] if prompts is None else [prompts[hop.start : hop.end].to(wire_dtype(hop.record))]
             await stream._send(
                 wire.request(
@@ -110,12 +118,40 @@ class InferenceStream:
             raise BadAnswer(f"{self.name} answered a step with {len(tensors)} tensors instead of 1")
         return check_answer(tensors[0], hidden.shape, self.hop.record, "a step").to(hidden.dtype)
 
-    def _step_request(self, hidden: torch.Tensor, position: int) -> runtime_pb2.ExpertRequest:
-        return wire.request([hidden.to(wire_dtype(self.hop.record))], position=position)
+    def _step_request(self, hidden: torch.Tensor, position: int, **extra: object) -> runtime_pb2.ExpertRequest:
+        return wire.request([hidden.to(wire_dtype(self.hop.record))], position=position, **extra)
 
     async def step(self, hidden: torch.Tensor, position: int, timeout: float) -> torch.Tensor:
         await self._send(self._step_request(hidden, position))
         return self._output(await self._receive(timeout), hidden)
+
+    async def numbered_step(
+        self, hidden: torch.Tensor, position: int, step: int, timeout: float, push: list[dict] | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        """A step numbered ``step``, whose output the server also pushes along ``push`` (the next servers of the
+        chain: peer ids and push keys); returns the output and whether the next server took it."""
+        extra: dict = {"step": step}
+        if push is not None:  # the server may spend a quarter of the step timeout handing the output on
+            extra.update(push=push, push_timeout=timeout * PUSH_SHARE)
+        await self._send(self._step_request(hidden, position, **extra))
+        answer = await self._numbered_answer(step, timeout)
+        return self._output(answer, hidden), bool(answer[1].get("pushed", False))
+
+    async def pushed_step(self, hidden: torch.Tensor, step: int, timeout: float) -> tuple[torch.Tensor, bool]:
+        """The answer to step ``step``, whose input ``hidden`` the previous server pushed here (the client sends
+        nothing); returns the output and whether this server pushed it on in turn."""
+        self.last_used = time.monotonic()
+        answer = await self._numbered_answer(step, timeout)
+        return self._output(answer, hidden), bool(answer[1].get("pushed", False))
+
+    async def _numbered_answer(self, step: int, timeout: float) -> tuple[list[torch.Tensor], dict]:
+        """The answer to step ``step``, skipping answers to earlier steps (pushes that arrived after the client
+        sent the same step itself, on a retry)."""
+        while True:
+            answer = await self._receive(timeout)
+            number = answer[1].get("step")
+            if not isinstance(number, int) or number >= step:
+                return answer
 
     async def replay(self, history: History, timeout: float) -> list[torch.Tensor]:
         """Send every remembered step at once and collect the outputs; the server rebuilds its cache on the way.

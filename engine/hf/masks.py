@@ -43,3 +43,14 @@ def allowed_keys(position: int, new_tokens: int, window: int | None, device: tor
     if window is not None:
         allowed &= (queries - keys) < window
     return allowed[None, None]
+
+
+def row_masks(row_positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Masks of a batch of one-token rows at different positions, over keys padded to the longest row:
+    (batch, 1, 1, keys), True = may attend; row r sees keys 0..row_positions[r] (within ``window``)."""
+    keys = torch.arange(int(row_positions.max()) + 1, device=row_positions.device)[None, :]
+    queries = row_positions[:, None]
+    allowed = keys <= queries
+    if window is not None:
+        allowed &= (queries - keys) < window
+    return allowed[:, None, None, :]

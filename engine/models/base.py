@@ -24,7 +24,7 @@ from engine.hf.layers import (
     modeling_class,
     rotary_cos_sin,
 )
-from engine.hf.masks import attention_mask
+from engine.hf.masks import attention_mask, row_masks
 
 
 class StepInputs:
@@ -34,13 +34,40 @@ class StepInputs:
     ``position`` is where the step's ``new_tokens`` start; the cache (if any) already holds ``position`` tokens.
     """
 
-    def __init__(self, family: ModelFamily, config: PretrainedConfig, positions: nn.Module | None, hidden, position):
+    def __init__(
+        self,
+        family: ModelFamily,
+        config: PretrainedConfig,
+        positions: nn.Module | None,
+        hidden,
+        position,
+        row_positions: torch.Tensor | None = None,
+    ):
+        """``row_positions`` (batch,), for a batch of one-token steps of different sessions: where each row's token
+        is (``position`` is then unused); the rows' caches are padded to the longest (see ``BatchedStepCache``)."""
         self.family, self.config, self.positions = family, config, positions
         self.hidden = hidden
         self.position = position
         self.new_tokens = hidden.shape[1]
-        self.position_ids = torch.arange(position, position + self.new_tokens, device=hidden.device)[None]
+        self.row_positions = row_positions
+        if row_positions is None:
+            self.position_ids = torch.arange(position, position + self.new_tokens, device=hidden.device)[None]
+        else:
+            self.position_ids = row_positions[:, None]
         self._made: dict[object, Any] = {}
+
+    def mask(self, window: int | None) -> torch.Tensor | None:
+        """The attention mask of layers with attention ``window`` (None: the whole prefix), shared by those layers.
+
+        For a batch of rows at different positions: (batch, 1, 1, keys), each row's own prefix (and window).
+        """
+
+        def make() -> torch.Tensor | None:
+            if self.row_positions is None:
+                return attention_mask(self.position, self.new_tokens, window, self.hidden.device)
+            return row_masks(self.row_positions, window)
+
+        return self.shared(("mask", window), make)
 
     def shared(self, key: object, make: Callable[[], Any]) -> Any:
         if key not in self._made:
@@ -95,11 +122,8 @@ class ModelFamily:
     def layer_inputs(self, step: StepInputs, index: int) -> dict[str, Any]:
         """Keyword arguments block ``index`` takes for ``step``: its mask, positions and position embeddings."""
         window = self.sliding_window(step.config, index)
-        device = step.hidden.device
         return {
-            "attention_mask": step.shared(
-                ("mask", window), lambda: attention_mask(step.position, step.new_tokens, window, device)
-            ),
+            "attention_mask": step.mask(window),
             "position_ids": step.position_ids,
             "position_embeddings": self.position_embeddings(step, index),
         }
@@ -132,6 +156,12 @@ class ModelFamily:
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return getattr(config, "num_key_value_heads", None) or heads, head_dim
+
+    def batches_steps(self) -> bool:
+        """Whether one-token steps of several sessions may run as one batch (``BlockSpan.batched_step``): where the
+        family's layers take the generic inputs (``StepInputs.mask`` and per-row positions). ALiBi families build
+        their own masks and biases from one position, so their steps run one by one."""
+        return type(self).layer_inputs is ModelFamily.layer_inputs
 
     def quantizable(self, name: str, module: nn.Module) -> bool:
         """Whether a block's linear layer ``name`` may be replaced by a quantized one (all of them, by default)."""

@@ -55,6 +55,35 @@ class SpanCache(LayerCache):
         return self.keys[slot, :, :, :end], self.values[slot, :, :, :end]
 
 
+class BatchedStepCache(LayerCache):
+    """The caches of several sessions as one cache of a batch of one-token steps (``BlockSpan.batched_step``).
+
+    ``update`` writes each row's new key and value into its own session's cache at its own position, then hands
+    the layer every row's keys and values padded on the right to the longest row; the step's mask (``row_masks``)
+    hides the padding. Rows of one session are consecutive and its cache holds them in order.
+    """
+
+    def __init__(self, caches: list[SpanCache], positions: list[int]):
+        self.caches, self.positions = caches, positions
+        self.keys_needed = max(positions) + 1
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, heads, _, head_dim = key.shape
+        keys = key.new_zeros(rows, heads, self.keys_needed, head_dim)
+        values = value.new_zeros(rows, heads, self.keys_needed, head_dim)
+        row = 0
+        for cache, position in zip(self.caches, self.positions, strict=True):
+            slot, end, rows_of = layer_idx - cache.first_block, position + 1, slice(row, row + cache.batch_size)
+            cache.keys[slot, :, :, position:end] = key[rows_of]
+            cache.values[slot, :, :, position:end] = value[rows_of]
+            keys[rows_of, :, :end] = cache.keys[slot, :, :, :end]
+            values[rows_of, :, :end] = cache.values[slot, :, :, :end]
+            row += cache.batch_size
+        return keys, values
+
+
 class BlockSpan(nn.Module):
     """Blocks [start, end) of a model, run with or without a session's attention cache."""
 
@@ -114,6 +143,26 @@ class BlockSpan(nn.Module):
             hidden = self.family.run_layer(layer, hidden, inputs)
         if cache is not None:
             cache.length = position + step.new_tokens
+        return hidden
+
+    def batched_step(
+        self, hidden: torch.Tensor, positions: list[int], caches: list[SpanCache], start: int, end: int
+    ) -> torch.Tensor:
+        """One-token steps of several sessions as one forward of blocks [start, end): ``hidden`` (rows, 1, hidden)
+        holds each cache's rows (``cache.batch_size`` of them) in the order of ``caches``; ``positions`` are where
+        each session's new token goes (its cache rolls back to it first, as in ``forward``)."""
+        row_positions = torch.tensor(
+            [position for position, cache in zip(positions, caches, strict=True) for _ in range(cache.batch_size)],
+            device=hidden.device,
+        )
+        step = StepInputs(self.family, self.config, self.positions, hidden, 0, row_positions)
+        batched = BatchedStepCache(caches, positions)
+        for index in range(start, end):
+            layer = self.layers[index - self.start]
+            inputs = {**step.for_layer(index), **cache_argument(layer, batched)}
+            hidden = self.family.run_layer(layer, hidden, inputs)
+        for cache, position in zip(caches, positions, strict=True):
+            cache.length = position + 1
         return hidden
 
 

@@ -169,6 +169,27 @@ class SpanBackend:
             )
         return faults.corrupt(output.cpu())
 
+    def inference_steps(
+        self, sessions: list[Session], hiddens: list[torch.Tensor], positions: list[int]
+    ) -> list[torch.Tensor]:
+        """One-token steps of several sessions (same blocks, same adapter, no deep prompts) as one batched forward,
+        on the compute thread; each session's output is what ``inference_step`` gives it alone, up to rounding."""
+        faults.check("step-error")
+        first = sessions[0]
+        with torch.inference_mode(), self.adapters.use(first.adapter):
+            output = self.span.batched_step(
+                self._on_device(torch.cat(hiddens)),
+                positions,
+                [session.cache for session in sessions],
+                first.start,
+                first.end,
+            ).cpu()
+        return [faults.corrupt(part.clone()) for part in output.split([hidden.shape[0] for hidden in hiddens])]
+
+    def owner(self, session: Session) -> SpanBackend:
+        """The backend whose span holds ``session``'s cache (this one; see ``BackendSwitch``)."""
+        return self
+
     def check_batch(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.check_hidden(hidden)
         self.check_tokens(hidden.shape[0], hidden.shape[1])

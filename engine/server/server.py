@@ -31,6 +31,7 @@ from engine.server.backend import SpanBackend
 from engine.server.control import ServerControl
 from engine.server.executor import PriorityExecutor
 from engine.server.handler import BlockServicer
+from engine.server.link import SimulatedLink
 from engine.server.memory import CacheBudget
 from engine.server.network import announce_maddrs, join_network, should_check
 from engine.server.precision import dtype_name, resolve_device, resolve_dtype
@@ -167,7 +168,13 @@ class Server:
             after_job=self.control.after_job if self.control is not None else None,
         )
         self.servicer = BlockServicer(
-            self.host.switch, self.executor, self.describe, self.limits, self.settings.simulated_delay
+            self.host.switch,
+            self.executor,
+            self.describe,
+            self.limits,
+            self.settings.simulated_delay,
+            batching=not self.settings.no_batching,
+            link=SimulatedLink(self.settings.link_latency, self.settings.link_mbps),
         )
         await self.servicer.add_p2p_handlers(self.p2p)
         if self.movable and length < self.total:
@@ -258,6 +265,8 @@ class Server:
             "model": self.prefix,
             "max_session_length": self.max_length,
             "session_idle_timeout": self.limits.session_idle_timeout,
+            "step_batches": self.servicer.batcher.batches,  # batched forwards of several sessions' steps
+            "largest_step_batch": self.servicer.batcher.largest,
         }
 
     def control_status(self) -> dict:

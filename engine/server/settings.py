@@ -124,8 +124,26 @@ class ServerSettings:
     drain_timeout: float = field(
         default=30.0, metadata={"help": "seconds a leaving server waits for the steps in flight before it exits"}
     )
+    no_batching: bool = field(
+        default=False,
+        metadata={
+            "help": "compute every inference step alone instead of running one-token steps of different sessions "
+            "that wait at the same time as one batched forward"
+        },
+    )
     simulated_delay: float = field(
         default=0.0, metadata={"help": "seconds added to every RPC answer; for testing and simulating slow links only"}
+    )
+    link_latency: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds of one-way latency added to every message this server receives and sends, as over a "
+            "wide-area link; for benchmarks (engine/server/link.py)"
+        },
+    )
+    link_mbps: float = field(
+        default=0.0,
+        metadata={"help": "bandwidth in Mbit/s of each direction of the simulated link (0: unlimited); benchmarks"},
     )
     adapters: list[str] = field(
         default_factory=list, metadata={"help": "PEFT LoRA adapter directories to serve (named by directory)"}

@@ -59,6 +59,10 @@ class BackendSwitch:
     def _owner(self, session: Session) -> SpanBackend:
         return self._owners.get(id(session), self.current)
 
+    def owner(self, session: Session) -> SpanBackend:
+        """The backend that opened ``session`` (its batched steps run there, with that span's other sessions)."""
+        return self._owner(session)
+
     def check_step(self, session: Session, hidden: torch.Tensor, position: object) -> tuple[torch.Tensor, int]:
         return self._owner(session).check_step(session, hidden, position)
 
