@@ -1,7 +1,8 @@
 """A swarm client run as its own process inside a test's network namespace; prints one JSON line.
 
-Not a test module. ``generate MODEL PEERS TOKENS N``: greedy generation of N tokens after the comma-separated
-prompt TOKENS, with the route it took. ``view MODEL PEERS N``: the records of blocks 0..N-1.
+Not a test module. ``generate MODEL PEERS TOKENS N [PREFIX]``: greedy generation of N tokens after the
+comma-separated prompt TOKENS (from servers under DHT prefix PREFIX, default the model's), with the route it took.
+``view MODEL PEERS N``: the records of blocks 0..N-1.
 ``reachability MODEL PEERS``: what ``nectar bench`` reports about how peers reach this machine.
 """
 
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> None:
     command, model, peers = argv[0], argv[1], argv[2].split(",")
     if command == "generate":
         prompt, new_tokens = [int(token) for token in argv[3].split(",")], int(argv[4])
-        client = DistributedCausalLM.connect(model, peers)
+        client = DistributedCausalLM.connect(model, peers, argv[5] if len(argv) > 5 else None)
         try:
             _wait_covered(client.swarm, client.num_blocks)
             began = time.perf_counter()
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> None:
 
         settings = Settings()
         settings.swarm.name, settings.swarm.model, settings.swarm.initial_peers = "netns", model, peers
-        reachability, why = asyncio.run(_reachability(settings, peers))
+        reachability, why = asyncio.run(_reachability(settings, peers, None))
         print(json.dumps({"reachability": reachability, "detail": why}), flush=True)
     elif command == "view":
         with SwarmConnection(peers, default_dht_prefix(model)) as swarm:
