@@ -32,9 +32,11 @@ from engine.weights import DEFAULT_MODEL, resolve_model  # noqa: E402
 TOPICS = ["the sea", "a robot", "bread", "the moon", "a library", "rain", "trains", "a garden"]
 
 
-def run_round(model: DistributedCausalLM, prompts: list[list[int]], new_tokens: int) -> tuple[float, int]:
+def run_round(
+    model: DistributedCausalLM, prompts: list[list[int]], new_tokens: int, draft_tokens: int = 0
+) -> tuple[float, int]:
     """(seconds, new tokens) of generating from every prompt at once, one thread per session."""
-    settings = GenerationSettings(max_new_tokens=new_tokens)
+    settings = GenerationSettings(max_new_tokens=new_tokens, draft_tokens=draft_tokens)
     counts = [0] * len(prompts)
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(prompts) + 1)
@@ -75,6 +77,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--no-batching", action="store_true", help="servers compute every step alone")
+    parser.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=0,
+        help="speculative decoding per session (default 0: one-token steps, the ones servers batch)",
+    )
     parser.add_argument("--link-latency", type=float, default=0.0, help="one-way seconds of every server's link")
     parser.add_argument(
         "--server-threads", type=int, default=0, help="torch threads of each server and of the client (0: default)"
@@ -105,7 +113,7 @@ def main() -> None:
             for count in args.sessions:
                 chosen = [prompts[index % len(prompts)] for index in range(count)]
                 before = batch_counts(model, peers)
-                seconds, tokens = run_round(model, chosen, args.new_tokens)
+                seconds, tokens = run_round(model, chosen, args.new_tokens, args.draft_tokens)
                 after = batch_counts(model, peers)
                 batches = [done - old for (done, _), (old, _) in zip(after, before, strict=True)]
                 rows.append((count, tokens / seconds, seconds))
