@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from hivemind.p2p import PeerID
 from hivemind.proto import runtime_pb2
 
-from agent.local_swarm import Child
+from agent.local_swarm import Child, LocalSwarm
 from engine import wire
+from engine.client.model import DistributedCausalLM
 from engine.client.swarm import SwarmConnection
 from engine.records import ServerState
+from engine.server.faults import FAULT_VARIABLE
 
 TIMEOUT = 60.0
 
@@ -121,3 +124,22 @@ class RawStream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def faulty_server(base: LocalSwarm, checkpoint: Path, fault: str, env: dict) -> Iterator[str]:
+    """A server of blocks 0:4 with the test fault ``fault`` that joins ``base``'s DHT; yields its peer id."""
+    swarm = LocalSwarm(str(checkpoint), [], env={**env, FAULT_VARIABLE: fault})
+    swarm.dht = base.dht  # the same DHT and swarm, another environment
+    try:
+        yield swarm.add_server((0, 4)).ready["peer_id"]
+    finally:
+        swarm.dht = None  # the shared DHT stops with the base swarm
+        swarm.stop()
+
+
+def connect_covered(checkpoint: Path, swarm: LocalSwarm) -> DistributedCausalLM:
+    """A client of ``swarm`` that has seen every block announced."""
+    model = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)
+    wait_covered(model.swarm, model.num_blocks)
+    return model

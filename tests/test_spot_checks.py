@@ -20,16 +20,14 @@ import pytest
 import torch
 from conftest import TEST_ENV
 from reference import assert_close, greedy_reference, load_reference, make_lively_checkpoint
-from swarm_helpers import PreferPeer, wait_covered
+from swarm_helpers import PreferPeer, connect_covered, faulty_server
 
 from agent.local_swarm import LocalSwarm
 from engine.client.config import ClientSettings
 from engine.client.generation import GenerationSettings, generate
-from engine.client.model import DistributedCausalLM
 from engine.client.routing import Hop
 from engine.client.spot_check import LONELY_SECONDS, SpotChecker, Verdict, agree, second_route, token_error
 from engine.records import ServerRecord, ServerState
-from engine.server.faults import FAULT_VARIABLE
 
 PROMPT = [5, 17, 42, 99, 3, 64, 7, 100]
 NEW_TOKENS = 8
@@ -125,19 +123,11 @@ def honest(checkpoint: Path) -> Iterator[LocalSwarm]:
 @pytest.fixture(scope="module", params=["noisy-weights", "answer-random"])
 def liar(request: pytest.FixtureRequest, honest: LocalSwarm, checkpoint: Path) -> Iterator[str]:
     """A server with the fault ``request.param`` joins the honest swarm's DHT; yields its peer id."""
-    swarm = LocalSwarm(str(checkpoint), [], env={**TEST_ENV, FAULT_VARIABLE: request.param})
-    swarm.dht = honest.dht  # the same DHT and swarm, another environment
-    try:
-        yield swarm.add_server((0, 4)).ready["peer_id"]
-    finally:
-        swarm.dht = None  # the shared DHT stops with the honest swarm
-        swarm.stop()
+    with faulty_server(honest, checkpoint, request.param, TEST_ENV) as peer_id:
+        yield peer_id
 
 
-def connect(checkpoint: Path, swarm: LocalSwarm) -> DistributedCausalLM:
-    model = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)
-    wait_covered(model.swarm, model.num_blocks)
-    return model
+connect = connect_covered
 
 
 def honest_peers(swarm: LocalSwarm) -> list[str]:

@@ -16,12 +16,10 @@ import pytest
 import torch
 from conftest import TEST_ENV
 from reference import assert_close, greedy_reference, load_reference, make_lively_checkpoint
-from swarm_helpers import PreferPeer, wait_covered
+from swarm_helpers import PreferPeer, connect_covered, faulty_server
 
 from agent.local_swarm import LocalSwarm
 from engine.client.generation import GenerationSettings, generate
-from engine.client.model import DistributedCausalLM
-from engine.server.faults import FAULT_VARIABLE
 
 pytestmark = pytest.mark.slow
 
@@ -43,19 +41,11 @@ def healthy(checkpoint: Path) -> Iterator[LocalSwarm]:
 @pytest.fixture(params=["answer-nan", "answer-dtype"])
 def faulty(request: pytest.FixtureRequest, healthy: LocalSwarm, checkpoint: Path) -> Iterator[str]:
     """A server with the fault ``request.param`` joins the healthy swarm's DHT; yields its peer id."""
-    swarm = LocalSwarm(str(checkpoint), [], env={**TEST_ENV, FAULT_VARIABLE: request.param})
-    swarm.dht = healthy.dht  # the same DHT and swarm, another environment
-    try:
-        yield swarm.add_server((0, 4)).ready["peer_id"]
-    finally:
-        swarm.dht = None  # the shared DHT stops with the healthy swarm
-        swarm.stop()
+    with faulty_server(healthy, checkpoint, request.param, TEST_ENV) as peer_id:
+        yield peer_id
 
 
-def connect(checkpoint: Path, swarm: LocalSwarm) -> DistributedCausalLM:
-    model = DistributedCausalLM.connect(str(checkpoint), swarm.initial_peers)
-    wait_covered(model.swarm, model.num_blocks)
-    return model
+connect = connect_covered
 
 
 def test_generation_routes_around_a_wrong_answer(checkpoint: Path, healthy: LocalSwarm, faulty: str) -> None:
